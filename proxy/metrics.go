@@ -1,0 +1,351 @@
+package proxy
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Label values of pgveil_connections_total{result}. A client connection is
+// counted once, by how its startup ended: ConnOpened counts ResultAccepted,
+// ConnRefused counts one of the others.
+const (
+	ResultAccepted           = "accepted"            // startup finished, the session runs
+	ResultRefusedMaintenance = "refused_maintenance" // MAINTENANCE_MODE: 57P03
+	ResultRefusedDraining    = "refused_draining"    // SIGTERM drain in progress: 57P03
+	ResultUpstreamFailed     = "upstream_failed"     // Postgres unreachable: 08006
+	ResultAuthFailed         = "auth_failed"         // Postgres refused the credentials
+	ResultProtocolError      = "protocol_error"      // the client broke the startup protocol or timed out
+)
+
+// Label values of pgveil_queries_total{outcome}: what pgveil did with one
+// statement the client sent.
+const (
+	OutcomePassthrough = "passthrough" // touches no configured table; forwarded byte for byte
+	OutcomeRewritten   = "rewritten"   // encrypted, decrypted or rewritten to a blind index
+	OutcomeRefused     = "refused"     // refused by pgveil (0A000, 54000, 22021)
+	OutcomeError       = "error"       // failed inside pgveil (for example XX001)
+)
+
+// Label values of pgveil_rejections_total{reason}. The first nine are the
+// values of rewrite.RefusalError.Reason.
+const (
+	ReasonLike                 = "like"
+	ReasonRange                = "range"
+	ReasonOrderBy              = "order_by"
+	ReasonGroupBy              = "group_by"
+	ReasonDistinct             = "distinct"
+	ReasonFunction             = "function"
+	ReasonEqualityWithoutIndex = "equality_without_index"
+	ReasonInsertSelect         = "insert_select"
+	ReasonUnsupported          = "unsupported"
+	ReasonTooLarge             = "too_large"     // value over max_size: 54000
+	ReasonInvalidInput         = "invalid_input" // refused by sanitize_input: 22021
+	ReasonParse                = "parse"         // SQL pg_query could not parse on a configured table
+)
+
+// Label values of pgveil_upstream_errors_total{kind}.
+const (
+	UpstreamConnect  = "connect"  // dial to Postgres failed
+	UpstreamTLS      = "tls"      // TLS handshake with Postgres failed
+	UpstreamIO       = "io"       // read or write on an established upstream connection failed
+	UpstreamProtocol = "protocol" // Postgres sent something pgveil could not follow
+)
+
+// Label values of pgveil_plan_cache_lookups_total{result}.
+const (
+	CacheHit  = "hit"  // a plan for this SQL and config generation was cached
+	CacheMiss = "miss" // the SQL was analysed and the plan cached
+	CacheSkip = "skip" // the cache was not consulted (statement too large, cache disabled)
+)
+
+// Label values of pgveil_config_reloads_total{result}.
+const (
+	ReloadSuccess = "success"
+	ReloadError   = "error"
+)
+
+var (
+	connResults     = []string{ResultAccepted, ResultRefusedMaintenance, ResultRefusedDraining, ResultUpstreamFailed, ResultAuthFailed, ResultProtocolError}
+	queryOutcomes   = []string{OutcomePassthrough, OutcomeRewritten, OutcomeRefused, OutcomeError}
+	rejectReasons   = []string{ReasonLike, ReasonRange, ReasonOrderBy, ReasonGroupBy, ReasonDistinct, ReasonFunction, ReasonEqualityWithoutIndex, ReasonInsertSelect, ReasonUnsupported, ReasonTooLarge, ReasonInvalidInput, ReasonParse}
+	upstreamKinds   = []string{UpstreamConnect, UpstreamTLS, UpstreamIO, UpstreamProtocol}
+	cacheResults    = []string{CacheHit, CacheMiss, CacheSkip}
+	reloadResults   = []string{ReloadSuccess, ReloadError}
+	overheadBuckets = []float64{1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1}
+	latencyBuckets  = []float64{1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
+)
+
+// Metrics is the proxy's own instrumentation, the pgveil_* families of SPEC
+// §7. The runbook's encryption_* families belong to keyring.Metrics.
+//
+// Build one with NewMetrics per registry. Every method is safe for
+// concurrent use and does nothing on a nil *Metrics, so code paths and tests
+// that do not measure can pass nil. Label values outside the closed sets
+// declared above are ignored rather than creating new series: labels never
+// carry SQL, users, addresses or error text.
+type Metrics struct {
+	connections      prometheus.Gauge
+	connectionsTotal *prometheus.CounterVec
+	queries          *prometheus.CounterVec
+	rejections       *prometheus.CounterVec
+	upstreamErrors   *prometheus.CounterVec
+	planCache        *prometheus.CounterVec
+	overhead         prometheus.Histogram
+	upstreamWait     prometheus.Histogram
+	statement        prometheus.Histogram
+	decryptions      *prometheus.CounterVec
+	reloads          *prometheus.CounterVec
+	draining         prometheus.Gauge
+	maintenance      prometheus.Gauge
+
+	known map[*prometheus.CounterVec]map[string]bool
+}
+
+// NewMetrics creates the pgveil_* families, registers them with reg and sets
+// every known label combination to zero, so the first increment shows in
+// rate(). It panics if reg already holds them (a programming error, as
+// prometheus.MustRegister). A nil reg creates the metrics unregistered.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pgveil_connections",
+			Help: "Client sessions currently open through pgveil.",
+		}),
+		connectionsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgveil_connections_total",
+			Help: "Client connections by how their startup ended (accepted or the reason they were refused).",
+		}, []string{"result"}),
+		queries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgveil_queries_total",
+			Help: "Statements received from clients, by what pgveil did with them.",
+		}, []string{"outcome"}),
+		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgveil_rejections_total",
+			Help: "Statements or values pgveil refused, by reason.",
+		}, []string{"reason"}),
+		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgveil_upstream_errors_total",
+			Help: "Failures talking to PostgreSQL, by kind.",
+		}, []string{"kind"}),
+		planCache: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgveil_plan_cache_lookups_total",
+			Help: "Rewrite plan cache lookups, by result.",
+		}, []string{"result"}),
+		overhead: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pgveil_proxy_overhead_seconds",
+			Help:    "Time pgveil spent on a statement apart from waiting on PostgreSQL (parsing, rewriting, encrypting, decrypting).",
+			Buckets: overheadBuckets,
+		}),
+		upstreamWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pgveil_upstream_wait_seconds",
+			Help:    "Time a statement spent waiting on PostgreSQL.",
+			Buckets: latencyBuckets,
+		}),
+		statement: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pgveil_statement_duration_seconds",
+			Help:    "Time from a statement reaching pgveil to its last reply leaving pgveil, as the client sees it.",
+			Buckets: latencyBuckets,
+		}),
+		decryptions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgveil_decryptions_total",
+			Help: "Values decrypted, by the fingerprint of the key that opened them; a fallback key whose series stops growing can be retired.",
+		}, []string{"key"}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgveil_config_reloads_total",
+			Help: "Configuration and key reloads (SIGHUP), by result.",
+		}, []string{"result"}),
+		draining: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pgveil_draining",
+			Help: "1 while pgveil drains after SIGTERM and refuses new connections, else 0.",
+		}),
+		maintenance: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pgveil_maintenance_mode",
+			Help: "1 while maintenance mode refuses new connections, else 0.",
+		}),
+	}
+	m.known = map[*prometheus.CounterVec]map[string]bool{
+		m.connectionsTotal: set(connResults),
+		m.queries:          set(queryOutcomes),
+		m.rejections:       set(rejectReasons),
+		m.upstreamErrors:   set(upstreamKinds),
+		m.planCache:        set(cacheResults),
+		m.reloads:          set(reloadResults),
+	}
+	for vec, values := range m.known {
+		for v := range values {
+			vec.WithLabelValues(v)
+		}
+	}
+	if reg != nil {
+		reg.MustRegister(m.connections, m.connectionsTotal, m.queries, m.rejections,
+			m.upstreamErrors, m.planCache, m.overhead, m.upstreamWait, m.statement,
+			m.decryptions, m.reloads, m.draining, m.maintenance)
+	}
+	return m
+}
+
+func set(values []string) map[string]bool {
+	s := make(map[string]bool, len(values))
+	for _, v := range values {
+		s[v] = true
+	}
+	return s
+}
+
+// inc adds one to vec{value} when value belongs to vec's closed set.
+func (m *Metrics) inc(vec *prometheus.CounterVec, value string) {
+	if !m.known[vec][value] {
+		return
+	}
+	vec.WithLabelValues(value).Inc()
+}
+
+// ConnOpened records a client session whose startup finished (the client
+// got ReadyForQuery): pgveil_connections goes up by one and
+// pgveil_connections_total{result="accepted"} counts it. Pair every call
+// with one ConnClosed.
+func (m *Metrics) ConnOpened() {
+	if m == nil {
+		return
+	}
+	m.connections.Inc()
+	m.connectionsTotal.WithLabelValues(ResultAccepted).Inc()
+}
+
+// ConnClosed records the end of a session counted by ConnOpened.
+func (m *Metrics) ConnClosed() {
+	if m == nil {
+		return
+	}
+	m.connections.Dec()
+}
+
+// ConnRefused records a client connection that ended before its session
+// started, with one of the Result* constants other than ResultAccepted. It
+// does not touch pgveil_connections.
+func (m *Metrics) ConnRefused(result string) {
+	if m == nil || result == ResultAccepted {
+		return
+	}
+	m.inc(m.connectionsTotal, result)
+}
+
+// Query records one client statement with an Outcome* constant.
+func (m *Metrics) Query(outcome string) {
+	if m == nil {
+		return
+	}
+	m.inc(m.queries, outcome)
+}
+
+// Rejection records one refusal with a Reason* constant. A refused statement
+// is usually also counted by Query(OutcomeRefused).
+func (m *Metrics) Rejection(reason string) {
+	if m == nil {
+		return
+	}
+	m.inc(m.rejections, reason)
+}
+
+// UpstreamError records one failure talking to Postgres with an Upstream*
+// constant.
+func (m *Metrics) UpstreamError(kind string) {
+	if m == nil {
+		return
+	}
+	m.inc(m.upstreamErrors, kind)
+}
+
+// PlanCache records one plan cache lookup with a Cache* constant.
+func (m *Metrics) PlanCache(result string) {
+	if m == nil {
+		return
+	}
+	m.inc(m.planCache, result)
+}
+
+// ObserveOverhead records the time pgveil spent on one statement apart from
+// waiting on Postgres.
+func (m *Metrics) ObserveOverhead(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.overhead.Observe(d.Seconds())
+}
+
+// ObserveUpstreamWait records the time one statement waited on Postgres.
+func (m *Metrics) ObserveUpstreamWait(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.upstreamWait.Observe(d.Seconds())
+}
+
+// ObserveStatement records the time one statement took as the client sees
+// it: from its arrival at pgveil to its last reply leaving pgveil.
+func (m *Metrics) ObserveStatement(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.statement.Observe(d.Seconds())
+}
+
+// InitKeys creates pgveil_decryptions_total{key=fp} at zero for each key
+// fingerprint (keyring fingerprints: 8 hex characters), so that a key no
+// value has used yet is visible. Call it at start-up and after each reload
+// with the primary and fallback fingerprints. Series of keys no longer
+// configured are kept: a retired key shows as a flat line.
+func (m *Metrics) InitKeys(fps []string) {
+	if m == nil {
+		return
+	}
+	for _, fp := range fps {
+		if fp != "" {
+			m.decryptions.WithLabelValues(fp)
+		}
+	}
+}
+
+// Decryptions records n values opened by the key with fingerprint fp.
+func (m *Metrics) Decryptions(fp string, n int) {
+	if m == nil || fp == "" || n <= 0 {
+		return
+	}
+	m.decryptions.WithLabelValues(fp).Add(float64(n))
+}
+
+// Reload records one configuration and key reload.
+func (m *Metrics) Reload(ok bool) {
+	if m == nil {
+		return
+	}
+	if ok {
+		m.reloads.WithLabelValues(ReloadSuccess).Inc()
+	} else {
+		m.reloads.WithLabelValues(ReloadError).Inc()
+	}
+}
+
+// SetDraining sets pgveil_draining to 1 (draining after SIGTERM) or 0.
+func (m *Metrics) SetDraining(on bool) {
+	if m == nil {
+		return
+	}
+	m.draining.Set(b2f(on))
+}
+
+// SetMaintenance sets pgveil_maintenance_mode to 1 (maintenance mode) or 0.
+func (m *Metrics) SetMaintenance(on bool) {
+	if m == nil {
+		return
+	}
+	m.maintenance.Set(b2f(on))
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
