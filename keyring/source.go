@@ -103,14 +103,15 @@ func splitSources(s string) []string {
 	var out []string
 	for _, part := range strings.Split(s, ",") {
 		p := strings.TrimSpace(part)
-		lp := strings.ToLower(p)
-		if len(out) > 0 && !strings.HasPrefix(lp, SourceEnv+":") && !strings.HasPrefix(lp, SourceFile+":") {
-			out[len(out)-1] += "," + part
+		if p == "" {
 			continue
 		}
-		if p != "" {
-			out = append(out, p)
+		lp := strings.ToLower(p)
+		if len(out) > 0 && !strings.HasPrefix(lp, SourceEnv+":") && !strings.HasPrefix(lp, SourceFile+":") {
+			out[len(out)-1] += "," + p
+			continue
 		}
+		out = append(out, p)
 	}
 	return out
 }
