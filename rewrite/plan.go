@@ -117,6 +117,11 @@ type CopyPlan struct {
 	Columns   []string
 	EncryptAt []CopyField // positions in the client's rows to encrypt (In) or decrypt (Out)
 	HashFrom  []CopyField // In: for each appended blind-index column, the client field it hashes
+
+	// Table ("schema.table") and AllColumns: COPY t TO STDOUT without a
+	// column list; the proxy finds the encrypted positions in its catalog.
+	Table      string
+	AllColumns bool
 }
 
 // CopyField is one field position of a COPY row.

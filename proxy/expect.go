@@ -1,0 +1,121 @@
+package proxy
+
+import (
+	"sync"
+
+	"github.com/pgveil/pgveil/rewrite"
+)
+
+// expectKind is what a forwarded message makes the server owe.
+type expectKind uint8
+
+const (
+	expParse          expectKind = iota // ParseComplete
+	expBind                             // BindComplete
+	expDescribeStmt                     // ParameterDescription, then RowDescription or NoData
+	expDescribePortal                   // RowDescription or NoData
+	expExecute                          // DataRow*, then CommandComplete, EmptyQueryResponse or PortalSuspended
+	expClose                            // CloseComplete
+	expSync                             // ReadyForQuery
+	expQuery                            // any number of results, then ReadyForQuery (also FunctionCall)
+)
+
+// expect is one reply (or group of replies) the server owes, in order.
+// clientLoop pushes, serverLoop pops. Entries carry what serverLoop needs to
+// treat the reply, as immutable values or objects only serverLoop mutates.
+type expect struct {
+	kind expectKind
+	// drop: the reply answers a message pgveil injected; the client never
+	// sees it.
+	drop   bool
+	stmt   *statement    // expParse, expDescribeStmt
+	portal *portal       // expDescribePortal, expExecute
+	plan   *rewrite.Plan // expQuery
+	// catalog: the entry is pgveil's catalog query; its rows rebuild the
+	// session's catalog.
+	catalog bool
+}
+
+// expectQueue is the only state both loops touch.
+type expectQueue struct {
+	mu     sync.Mutex
+	items  []expect
+	head   int
+	closed bool // drained: no more pushes
+}
+
+// push appends an entry; false once the session is being drained.
+func (q *expectQueue) push(e expect) bool {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return false
+	}
+	q.items = append(q.items, e)
+	q.mu.Unlock()
+	return true
+}
+
+// peek returns the oldest entry without removing it.
+func (q *expectQueue) peek() (expect, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.head == len(q.items) {
+		return expect{}, false
+	}
+	return q.items[q.head], true
+}
+
+// pop removes and returns the oldest entry.
+func (q *expectQueue) pop() (expect, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.popLocked()
+}
+
+func (q *expectQueue) popLocked() (expect, bool) {
+	if q.head == len(q.items) {
+		return expect{}, false
+	}
+	e := q.items[q.head]
+	q.items[q.head] = expect{}
+	q.head++
+	if q.head == len(q.items) {
+		q.items, q.head = q.items[:0], 0
+	}
+	return e, true
+}
+
+// popUntilSync removes the entries an extended-protocol error cancels: all
+// up to, not including, the next Sync. It reports whether any of them (or
+// the failing one) was the client's, i.e. whether the client must see the
+// error.
+func (q *expectQueue) popUntilSync() (clientOwned bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for q.head < len(q.items) && q.items[q.head].kind != expSync {
+		if !q.items[q.head].drop {
+			clientOwned = true
+		}
+		q.popLocked()
+	}
+	return clientOwned
+}
+
+// empty reports whether nothing is owed.
+func (q *expectQueue) empty() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.head == len(q.items)
+}
+
+// closeIfIdle closes the queue when nothing is owed; true if it did.
+func (q *expectQueue) closeIfIdle() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.head != len(q.items) {
+		return false
+	}
+	q.closed = true
+	return true
+}

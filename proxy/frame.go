@@ -1,0 +1,189 @@
+package proxy
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// ioBufferSize is the size of each socket's read and write buffer. A frame
+// that fits is handed out as a slice of the read buffer (no copy); a larger
+// one is either streamed through (forward) or read into a scratch buffer
+// that grows up to the message limit (body).
+const ioBufferSize = 64 << 10
+
+// maxStartupPacket bounds the untyped first packets (StartupMessage,
+// SSLRequest, CancelRequest) as PostgreSQL does (MAX_STARTUP_PACKET_LENGTH).
+const maxStartupPacket = 10000
+
+// MessageTooLargeError is a frame whose declared length exceeds the limit.
+// It is answered with a clear error before anything is allocated.
+type MessageTooLargeError struct {
+	Type  byte
+	Size  int
+	Limit int
+}
+
+func (e *MessageTooLargeError) Error() string {
+	return fmt.Sprintf("pgveil: protocol message of %d bytes exceeds the limit of %d bytes (proxy.max_message_size)", e.Size, e.Limit)
+}
+
+// SQLState: program_limit_exceeded.
+func (e *MessageTooLargeError) SQLState() string { return "54000" }
+
+var errBadFrameLength = errors.New("pgveil: invalid protocol message length")
+
+// frameReader reads typed protocol frames (type byte, int32 length, body)
+// from a buffered connection. Bodies are borrowed: valid until the next call.
+type frameReader struct {
+	r       *bufio.Reader
+	limit   int    // maximum body length
+	scratch []byte // body of frames larger than the read buffer
+
+	typ  byte // current frame
+	size int  // current body length
+	read bool // current body already consumed
+}
+
+func newFrameReader(r io.Reader, limit int) *frameReader {
+	return &frameReader{r: bufio.NewReaderSize(r, ioBufferSize), limit: limit, read: true}
+}
+
+// next reads the header of the next frame. The previous frame's body must
+// have been consumed (body, forward or skip).
+func (fr *frameReader) next() (byte, int, error) {
+	if !fr.read {
+		if err := fr.skip(); err != nil {
+			return 0, 0, err
+		}
+	}
+	hdr, err := fr.r.Peek(5)
+	if err != nil {
+		return 0, 0, err
+	}
+	n := int(int32(binary.BigEndian.Uint32(hdr[1:5])))
+	if n < 4 {
+		return 0, 0, errBadFrameLength
+	}
+	fr.typ, fr.size, fr.read = hdr[0], n-4, false
+	if fr.size > fr.limit {
+		// The frame stays current so the caller can skip it and answer
+		// with an error instead of allocating it.
+		return fr.typ, fr.size, &MessageTooLargeError{Type: fr.typ, Size: fr.size, Limit: fr.limit}
+	}
+	return fr.typ, fr.size, nil
+}
+
+// body returns the current frame's body. When the whole frame fits in the
+// read buffer the slice points into it (no copy).
+func (fr *frameReader) body() ([]byte, error) {
+	fr.read = true
+	if 5+fr.size <= fr.r.Size() {
+		b, err := fr.r.Peek(5 + fr.size)
+		if err != nil {
+			return nil, err
+		}
+		body := b[5:]
+		_, _ = fr.r.Discard(5 + fr.size)
+		return body, nil
+	}
+	if _, err := fr.r.Discard(5); err != nil {
+		return nil, err
+	}
+	if cap(fr.scratch) < fr.size {
+		fr.scratch = make([]byte, fr.size)
+	}
+	fr.scratch = fr.scratch[:fr.size]
+	if _, err := io.ReadFull(fr.r, fr.scratch); err != nil {
+		return nil, err
+	}
+	return fr.scratch, nil
+}
+
+// release drops a scratch buffer that grew past the I/O buffer size, so one
+// huge message does not pin memory for the life of the session.
+func (fr *frameReader) release() {
+	if cap(fr.scratch) > 4*ioBufferSize {
+		fr.scratch = nil
+	}
+}
+
+// forward copies the current frame, header included, to w without decoding
+// it. Large frames stream through in buffer-sized pieces.
+func (fr *frameReader) forward(w *bufio.Writer) error {
+	fr.read = true
+	total := 5 + fr.size
+	if total <= fr.r.Size() {
+		b, err := fr.r.Peek(total)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(b)
+		_, _ = fr.r.Discard(total)
+		return err
+	}
+	_, err := io.CopyN(w, fr.r, int64(total))
+	return err
+}
+
+// skip discards the current frame.
+func (fr *frameReader) skip() error {
+	fr.read = true
+	_, err := fr.r.Discard(5 + fr.size)
+	return err
+}
+
+// buffered reports whether more input is already in memory; when it is not,
+// the loop flushes its output before blocking on the next read.
+func (fr *frameReader) buffered() int { return fr.r.Buffered() }
+
+// readStartupPacket reads an untyped startup-phase packet (length, then
+// body starting with the protocol code).
+func readStartupPacket(r *bufio.Reader) ([]byte, error) {
+	hdr, err := r.Peek(4)
+	if err != nil {
+		return nil, err
+	}
+	n := int(int32(binary.BigEndian.Uint32(hdr)))
+	if n < 8 || n > maxStartupPacket {
+		return nil, fmt.Errorf("pgveil: invalid startup packet length %d", n)
+	}
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return nil, err
+	}
+	return buf[4:], nil
+}
+
+// appendFrameHeader starts a typed frame; finishFrame fills in its length.
+func appendFrameHeader(dst []byte, typ byte) ([]byte, int) {
+	start := len(dst)
+	return append(dst, typ, 0, 0, 0, 0), start
+}
+
+func finishFrame(dst []byte, start int) []byte {
+	binary.BigEndian.PutUint32(dst[start+1:], uint32(len(dst)-start-1))
+	return dst
+}
+
+// cstring reads a NUL-terminated string at the start of b.
+func cstring(b []byte) (string, []byte, bool) {
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i]), b[i+1:], true
+		}
+	}
+	return "", nil, false
+}
+
+// cstringBytes is cstring without the string allocation.
+func cstringBytes(b []byte) ([]byte, []byte, bool) {
+	for i, c := range b {
+		if c == 0 {
+			return b[:i], b[i+1:], true
+		}
+	}
+	return nil, nil, false
+}

@@ -1,0 +1,904 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgveil/pgveil/rewrite"
+)
+
+// Session is one client connection and its one upstream connection.
+//
+// Ownership: fields marked [client] belong to clientLoop (and startup
+// before it), [server] to serverLoop; the expect queue and atomics are
+// shared. Only clientLoop writes to the upstream, only serverLoop writes to
+// the client (drainIfIdle takes cwMu to write its FATAL).
+type Session struct {
+	srv *Server
+	id  uint64
+	log *slog.Logger
+
+	client   net.Conn // [startup] replaced by the TLS conn after SSLRequest
+	upstream net.Conn
+	tlsDone  bool
+	// clientPrefix holds client bytes read ahead during startup.
+	clientPrefix []byte
+	database     string
+	cancel       cancelKey // guarded by srv.mu
+
+	cr   *frameReader  // [client]
+	uw   *bufio.Writer // [client]
+	ur   *frameReader  // [server]
+	cw   *bufio.Writer // [server], under cwMu
+	cwMu sync.Mutex
+
+	q        expectQueue
+	cat      atomic.Pointer[catalog] // written by startup and serverLoop, read by both
+	txStatus atomic.Uint32           // last ReadyForQuery status: 'I', 'T', 'E'
+
+	snap        *Snapshot             // [client] snapshot in force for the current statement
+	stmts       map[string]*statement // [client] prepared statements by name ("" = unnamed)
+	portals     map[string]*portal    // [client]
+	copyIn      *copyInState          // [client] rewriting a COPY FROM STDIN
+	needCatalog bool                  // [client] reload the catalog at the next idle point
+	encBuf      []byte                // [client] scratch for re-encoded messages
+
+	srvState serverState // [server]
+
+	closeOnce sync.Once
+	closing   atomic.Bool
+	stats     sessionStats
+}
+
+type sessionStats struct {
+	statements atomic.Int64
+	rewritten  atomic.Int64
+	refused    atomic.Int64
+}
+
+// statement is a prepared statement the client created with Parse.
+type statement struct {
+	name string
+	plan *rewrite.Plan
+	// clientParams is how many parameters the client sees in
+	// ParameterDescription; pgveil's hidden ones follow and are cut off.
+	clientParams int
+	hidden       int
+	described    bool // [client] the client sent Describe for it
+
+	rows      *rowInfo // [server] from the Describe reply
+	rowsKnown bool     // [server]
+}
+
+// touchesConfigured says whether results may carry encrypted columns.
+func (st *statement) touchesConfigured() bool {
+	return st != nil && st.plan != nil && (st.plan.Kind == rewrite.KindRewrite || len(st.plan.Tables) > 0)
+}
+
+// portal is a bound statement.
+type portal struct {
+	stmt      *statement
+	described bool     // [client]
+	rows      *rowInfo // [server]
+	rowsKnown bool     // [server]
+}
+
+func newSession(srv *Server, c net.Conn, id uint64) *Session {
+	return &Session{
+		srv: srv, id: id, client: c,
+		log:     srv.Logger.With("session", id),
+		stmts:   map[string]*statement{},
+		portals: map[string]*portal{},
+	}
+}
+
+// serve runs the session to its end. A panic ends only this session.
+func (s *Session) serve() {
+	start := time.Now()
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("pgveil: BUG: session panicked", "panic", fmt.Sprint(r))
+			if s.cw != nil {
+				s.cwMu.Lock()
+				s.writeError(&pgError{code: codeInternal, msg: "pgveil: internal error; the session was closed"}, true)
+				_ = s.cw.Flush()
+				s.cwMu.Unlock()
+			}
+		}
+		s.kill()
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := s.startup(ctx); err != nil {
+		if !errors.Is(err, errCancelHandled) && !errors.Is(err, io.EOF) {
+			s.log.Debug("startup ended", "error", err.Error())
+		}
+		return
+	}
+	s.srv.Metrics.ConnOpened()
+	defer s.srv.Metrics.ConnClosed()
+	s.log.Info("session opened", "database", s.database)
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer func() {
+			if r := recover(); r != nil {
+				s.log.Error("pgveil: BUG: server loop panicked", "panic", fmt.Sprint(r))
+			}
+			s.kill()
+		}()
+		s.serverLoop()
+	}()
+	cerr := s.clientLoop()
+	if cerr != nil && !isClosedErr(cerr) {
+		s.log.Debug("client loop ended", "error", cerr.Error())
+	}
+	var fatal *fatalError
+	if errors.As(cerr, &fatal) {
+		// Tell the client why before closing: stop the server loop first
+		// so only one goroutine writes to the client.
+		s.upstream.SetReadDeadline(time.Now())
+		<-done
+		s.writeError(fatal.err, true)
+		_ = s.cw.Flush()
+	} else {
+		s.killUpstreamSoon()
+		<-done
+	}
+	s.log.Info("session closed", "statements", s.stats.statements.Load(),
+		"rewritten", s.stats.rewritten.Load(), "refused", s.stats.refused.Load(),
+		"duration_ms", time.Since(start).Milliseconds())
+}
+
+// fatalError ends the session after telling the client.
+type fatalError struct{ err error }
+
+func (f *fatalError) Error() string { return f.err.Error() }
+func (f *fatalError) Unwrap() error { return f.err }
+
+// kill closes both sockets; the loops end on their next read or write.
+func (s *Session) kill() {
+	s.closeOnce.Do(func() {
+		s.closing.Store(true)
+		s.q.mu.Lock()
+		s.q.closed = true
+		s.q.mu.Unlock()
+		s.client.Close()
+		if s.upstream != nil {
+			s.upstream.Close()
+		}
+	})
+}
+
+// killUpstreamSoon lets the upstream see a Terminate the client sent, then
+// makes sure the server loop ends.
+func (s *Session) killUpstreamSoon() {
+	if s.upstream != nil {
+		_ = s.upstream.SetReadDeadline(time.Now().Add(2 * time.Second))
+	}
+}
+
+// drainIfIdle ends the session with FATAL 57P03 when it is idle: the last
+// ReadyForQuery said 'I' and nothing is owed. Called by Shutdown.
+func (s *Session) drainIfIdle() {
+	if s.closing.Load() || s.cw == nil || s.txStatus.Load() != 'I' {
+		return
+	}
+	if !s.q.closeIfIdle() {
+		return
+	}
+	s.cwMu.Lock()
+	s.writeError(&pgError{code: codeCannotConnectNow, msg: "pgveil: shutting down"}, true)
+	_ = s.cw.Flush()
+	s.cwMu.Unlock()
+	s.kill()
+}
+
+func isClosedErr(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// writeError writes an ErrorResponse to the client buffer. [server]
+func (s *Session) writeError(err error, fatal bool) {
+	buf, _ := errorResponse(err, fatal).Encode(s.srvState.out[:0])
+	_, _ = s.cw.Write(buf)
+}
+
+// ---------------------------------------------------------------------------
+// clientLoop: client -> pgveil -> PostgreSQL.
+
+func (s *Session) clientLoop() error {
+	for {
+		if s.cr.buffered() == 0 {
+			// About to block on the client: send what is pending.
+			if err := s.uw.Flush(); err != nil {
+				return err
+			}
+		}
+		typ, size, err := s.cr.next()
+		if err != nil {
+			var tooLarge *MessageTooLargeError
+			if errors.As(err, &tooLarge) {
+				if err := s.refuseTooLarge(typ, tooLarge); err != nil {
+					return err
+				}
+				continue
+			}
+			return err
+		}
+		if s.closing.Load() {
+			return net.ErrClosed
+		}
+		if s.needCatalog && s.q.empty() && s.copyIn == nil {
+			s.injectCatalogQuery()
+		}
+		switch typ {
+		case 'Q':
+			err = s.onQuery()
+		case 'P':
+			err = s.onParse()
+		case 'B':
+			err = s.onBind()
+		case 'D':
+			err = s.onDescribe()
+		case 'E':
+			err = s.onExecute()
+		case 'C':
+			err = s.onClose()
+		case 'S':
+			err = s.forwardExpect(expect{kind: expSync})
+		case 'd':
+			if s.copyIn != nil {
+				err = s.onCopyData()
+			} else {
+				err = s.cr.forward(s.uw)
+			}
+		case 'c', 'f': // CopyDone, CopyFail
+			if s.copyIn != nil {
+				err = s.endCopyIn(typ)
+			} else {
+				err = s.cr.forward(s.uw)
+			}
+		case 'F': // FunctionCall: a result, then ReadyForQuery
+			err = s.forwardExpect(expect{kind: expQuery})
+		case 'X':
+			if err := s.cr.forward(s.uw); err != nil {
+				return err
+			}
+			_ = s.uw.Flush()
+			return io.EOF
+		default: // Flush, and anything else PostgreSQL will judge itself
+			err = s.cr.forward(s.uw)
+		}
+		if err != nil {
+			return err
+		}
+		_ = size
+	}
+}
+
+// forwardExpect forwards the current message unchanged and records the
+// reply it is owed.
+func (s *Session) forwardExpect(e expect) error {
+	if !s.q.push(e) {
+		return net.ErrClosed
+	}
+	return s.cr.forward(s.uw)
+}
+
+// send writes an encoded message to the upstream after recording its reply.
+func (s *Session) send(e expect, frame []byte) error {
+	if !s.q.push(e) {
+		return net.ErrClosed
+	}
+	_, err := s.uw.Write(frame)
+	return err
+}
+
+// snapshot loads the snapshot in force at a statement boundary; a new
+// generation also means the catalog must be reloaded.
+func (s *Session) snapshot() *Snapshot {
+	snap := s.srv.snap.Load()
+	if snap != s.snap {
+		s.snap = snap
+		s.needCatalog = true
+	}
+	return snap
+}
+
+// plan analyses sql, counting the outcome.
+func (s *Session) plan(snap *Snapshot, sql string) (*rewrite.Plan, []rewrite.Literal, error) {
+	s.stats.statements.Add(1)
+	plan, lits, res, err := snap.Rewriter.Plan(sql)
+	s.srv.Metrics.PlanCache(cacheLabel(res))
+	if err != nil {
+		return nil, nil, err
+	}
+	if plan.DDL {
+		s.needCatalog = true
+	}
+	return plan, lits, nil
+}
+
+func (s *Session) countOutcome(plan *rewrite.Plan, refused error) {
+	switch {
+	case refused != nil:
+		s.stats.refused.Add(1)
+		s.srv.Metrics.Query(OutcomeRefused)
+		s.srv.Metrics.Rejection(rejectionReason(refused))
+		s.audit("statement refused", refused)
+	case plan.Kind == rewrite.KindRewrite:
+		s.stats.rewritten.Add(1)
+		s.srv.Metrics.Query(OutcomeRewritten)
+	default:
+		s.srv.Metrics.Query(OutcomePassthrough)
+	}
+}
+
+// audit logs an audit event: names, SQLSTATEs, never values.
+func (s *Session) audit(msg string, err error) {
+	if !s.snap.Config.Encryption.Audit() {
+		return
+	}
+	code, text, _ := errorFields(err)
+	s.log.LogAttrs(context.Background(), slog.LevelWarn, msg,
+		slog.String("logger", "audit.encryption"), slog.String("sqlstate", code), slog.String("error", text))
+}
+
+func (s *Session) onQuery() error {
+	body, err := s.cr.body()
+	if err != nil {
+		return err
+	}
+	sqlBytes, _, ok := cstringBytes(body)
+	if !ok {
+		return &fatalError{&pgError{code: codeProtocolViolation, msg: "pgveil: malformed Query message"}}
+	}
+	snap := s.snapshot()
+	began := time.Now()
+	sql := string(sqlBytes)
+	plan, lits, err := s.plan(snap, sql)
+	if err != nil {
+		return s.raiseQuery(nil, err)
+	}
+	switch plan.Kind {
+	case rewrite.KindRefuse:
+		return s.raiseQuery(plan, plan.Refusal)
+	case rewrite.KindPassthrough:
+		s.countOutcome(plan, nil)
+		frame := s.encBuf[:0]
+		frame = append(frame, 'Q', 0, 0, 0, 0)
+		frame = append(frame, body...)
+		frame = finishFrame(frame, 0)
+		s.encBuf = frame
+		return s.send(expect{kind: expQuery, plan: plan}, frame)
+	}
+	out, err := plan.Render(nil, sql, lits, s.transformer(snap))
+	if err != nil {
+		return s.raiseQuery(plan, err)
+	}
+	s.countOutcome(plan, nil)
+	if plan.Copy != nil && plan.Copy.In {
+		s.copyIn = newCopyInState(plan.Copy, snap, s)
+	}
+	frame, start := appendFrameHeader(s.encBuf[:0], 'Q')
+	frame = append(frame, out...)
+	frame = append(frame, 0)
+	frame = finishFrame(frame, start)
+	s.encBuf = frame
+	s.srv.Metrics.ObserveOverhead(time.Since(began))
+	return s.send(expect{kind: expQuery, plan: plan}, frame)
+}
+
+// raiseQuery sends, in place of a refused simple query, one that makes
+// PostgreSQL raise the same error.
+func (s *Session) raiseQuery(plan *rewrite.Plan, err error) error {
+	if plan == nil {
+		plan = &rewrite.Plan{}
+	}
+	s.countOutcome(plan, err)
+	q := pgproto3.Query{String: raiseSQL(err)}
+	frame, _ := q.Encode(s.encBuf[:0])
+	s.encBuf = frame
+	return s.send(expect{kind: expQuery}, frame)
+}
+
+// raiseExtended sends, in place of a refused Parse or Bind, an unnamed
+// statement that raises the error when executed. The ParseComplete and
+// BindComplete it earns are dropped; its ErrorResponse is the client's
+// reply, and the server then discards the batch up to Sync.
+func (s *Session) raiseExtended(err error) error {
+	s.countOutcome(&rewrite.Plan{}, err)
+	buf := s.encBuf[:0]
+	buf, _ = (&pgproto3.Parse{Query: raiseSQL(err)}).Encode(buf)
+	buf, _ = (&pgproto3.Bind{}).Encode(buf)
+	buf, _ = (&pgproto3.Execute{}).Encode(buf)
+	s.encBuf = buf
+	if !s.q.push(expect{kind: expParse, drop: true}) || !s.q.push(expect{kind: expBind, drop: true}) ||
+		!s.q.push(expect{kind: expExecute}) {
+		return net.ErrClosed
+	}
+	_, werr := s.uw.Write(buf)
+	return werr
+}
+
+// refuseTooLarge skips an oversized client message without reading it into
+// memory and answers it in its place, so the connection stays usable.
+func (s *Session) refuseTooLarge(typ byte, tooLarge *MessageTooLargeError) error {
+	s.srv.Metrics.Rejection(ReasonTooLarge)
+	if err := s.cr.skip(); err != nil {
+		return err
+	}
+	switch typ {
+	case 'Q':
+		return s.raiseQuery(nil, tooLarge)
+	case 'P', 'B':
+		return s.raiseExtended(tooLarge)
+	case 'd':
+		if s.copyIn != nil {
+			s.copyIn.failed = tooLarge
+			return nil
+		}
+		return &fatalError{tooLarge}
+	default:
+		return &fatalError{tooLarge}
+	}
+}
+
+func (s *Session) onParse() error {
+	body, err := s.cr.body()
+	if err != nil {
+		return err
+	}
+	var p pgproto3.Parse
+	if err := p.Decode(body); err != nil {
+		return &fatalError{&pgError{code: codeProtocolViolation, msg: "pgveil: malformed Parse message"}}
+	}
+	snap := s.snapshot()
+	began := time.Now()
+	plan, lits, err := s.plan(snap, p.Query)
+	if err != nil {
+		delete(s.stmts, p.Name)
+		return s.raiseExtended(err)
+	}
+	switch plan.Kind {
+	case rewrite.KindRefuse:
+		delete(s.stmts, p.Name)
+		return s.raiseExtended(plan.Refusal)
+	case rewrite.KindPassthrough:
+		s.countOutcome(plan, nil)
+		st := &statement{name: p.Name, plan: plan, clientParams: -1}
+		s.stmts[p.Name] = st
+		frame := append(append(s.encBuf[:0], 'P', 0, 0, 0, 0), body...)
+		s.encBuf = finishFrame(frame, 0)
+		return s.send(expect{kind: expParse, stmt: st}, s.encBuf)
+	}
+	if len(plan.Hidden) > 0 && len(p.ParameterOIDs) > plan.NumClientParams {
+		delete(s.stmts, p.Name)
+		return s.raiseExtended(&pgError{code: codeFeatureNotSupported,
+			msg:  "pgveil: a statement on an encrypted table declares more parameter types than it uses",
+			hint: "declare only the parameters the statement uses"})
+	}
+	out, err := plan.Render(nil, p.Query, lits, s.transformer(snap))
+	if err != nil {
+		delete(s.stmts, p.Name)
+		return s.raiseExtended(err)
+	}
+	s.countOutcome(plan, nil)
+	nClient := plan.NumClientParams
+	if len(p.ParameterOIDs) > nClient {
+		nClient = len(p.ParameterOIDs)
+	}
+	oids := make([]uint32, 0, nClient+len(plan.Hidden))
+	oids = append(oids, p.ParameterOIDs...)
+	for len(oids) < nClient {
+		oids = append(oids, 0)
+	}
+	for i, a := range plan.ClientParams {
+		// A parameter pgveil turns into a token or hash is text now,
+		// whatever the client declared.
+		if a.Op != rewrite.OpNone && i < len(oids) && oids[i] != 0 {
+			oids[i] = oidForOp(a.Op)
+		}
+	}
+	for _, h := range plan.Hidden {
+		oids = append(oids, oidForOp(h.Action.Op))
+	}
+	st := &statement{name: p.Name, plan: plan, clientParams: nClient, hidden: len(plan.Hidden)}
+	s.stmts[p.Name] = st
+	np := pgproto3.Parse{Name: p.Name, Query: string(out), ParameterOIDs: oids}
+	frame, _ := np.Encode(s.encBuf[:0])
+	s.encBuf = frame
+	s.srv.Metrics.ObserveOverhead(time.Since(began))
+	return s.send(expect{kind: expParse, stmt: st}, frame)
+}
+
+// PostgreSQL type OIDs pgveil declares for the values it computes.
+const (
+	oidText      = 25
+	oidTextArray = 1009
+)
+
+func oidForOp(op rewrite.Op) uint32 {
+	switch op {
+	case rewrite.OpHashAll, rewrite.OpHashArray:
+		return oidTextArray
+	default:
+		return oidText
+	}
+}
+
+func (s *Session) onBind() error {
+	body, err := s.cr.body()
+	if err != nil {
+		return err
+	}
+	portalName, rest, ok := cstring(body)
+	stmtName, _, ok2 := cstringBytes(rest)
+	if !ok || !ok2 {
+		return &fatalError{&pgError{code: codeProtocolViolation, msg: "pgveil: malformed Bind message"}}
+	}
+	st := s.stmts[string(stmtName)]
+	pt := &portal{stmt: st}
+	s.portals[portalName] = pt
+	if st == nil || st.plan.Kind != rewrite.KindRewrite || (len(st.plan.ClientParams) == 0 && len(st.plan.Hidden) == 0) {
+		frame := append(append(s.encBuf[:0], 'B', 0, 0, 0, 0), body...)
+		s.encBuf = finishFrame(frame, 0)
+		return s.send(expect{kind: expBind}, s.encBuf)
+	}
+	began := time.Now()
+	var b pgproto3.Bind
+	if err := b.Decode(body); err != nil {
+		return &fatalError{&pgError{code: codeProtocolViolation, msg: "pgveil: malformed Bind message"}}
+	}
+	if err := s.transformBind(st, &b); err != nil {
+		delete(s.portals, portalName)
+		return s.raiseExtended(err)
+	}
+	frame, err := b.Encode(s.encBuf[:0])
+	if err != nil {
+		return &fatalError{err}
+	}
+	s.encBuf = frame
+	s.srv.Metrics.ObserveOverhead(time.Since(began))
+	return s.send(expect{kind: expBind}, frame)
+}
+
+func (s *Session) onDescribe() error {
+	body, err := s.cr.body()
+	if err != nil {
+		return err
+	}
+	if len(body) < 2 {
+		return &fatalError{&pgError{code: codeProtocolViolation, msg: "pgveil: malformed Describe message"}}
+	}
+	name, _, _ := cstring(body[1:])
+	e := expect{kind: expDescribePortal}
+	if body[0] == 'S' {
+		e.kind = expDescribeStmt
+		e.stmt = s.stmts[name]
+		if e.stmt != nil {
+			e.stmt.described = true
+		}
+	} else {
+		e.portal = s.portals[name]
+		if e.portal != nil {
+			e.portal.described = true
+		}
+	}
+	frame := append(append(s.encBuf[:0], 'D', 0, 0, 0, 0), body...)
+	s.encBuf = finishFrame(frame, 0)
+	return s.send(e, s.encBuf)
+}
+
+func (s *Session) onExecute() error {
+	body, err := s.cr.body()
+	if err != nil {
+		return err
+	}
+	name, _, ok := cstring(body)
+	if !ok {
+		return &fatalError{&pgError{code: codeProtocolViolation, msg: "pgveil: malformed Execute message"}}
+	}
+	pt := s.portals[name]
+	if pt != nil && !pt.described && pt.stmt.touchesConfigured() && !pt.stmt.described {
+		// pgveil must know the result columns to decrypt them: ask, and
+		// keep the answer to itself.
+		pt.described = true
+		d := pgproto3.Describe{ObjectType: 'P', Name: name}
+		buf, _ := d.Encode(nil)
+		if err := s.send(expect{kind: expDescribePortal, portal: pt, drop: true}, buf); err != nil {
+			return err
+		}
+	}
+	if pt != nil && pt.stmt != nil && pt.stmt.plan != nil && pt.stmt.plan.Copy != nil && pt.stmt.plan.Copy.In {
+		s.copyIn = newCopyInState(pt.stmt.plan.Copy, s.snap, s)
+	}
+	frame := append(append(s.encBuf[:0], 'E', 0, 0, 0, 0), body...)
+	s.encBuf = finishFrame(frame, 0)
+	return s.send(expect{kind: expExecute, portal: pt}, s.encBuf)
+}
+
+func (s *Session) onClose() error {
+	body, err := s.cr.body()
+	if err != nil {
+		return err
+	}
+	if len(body) >= 2 {
+		name, _, _ := cstring(body[1:])
+		if body[0] == 'S' {
+			delete(s.stmts, name)
+		} else {
+			delete(s.portals, name)
+		}
+	}
+	frame := append(append(s.encBuf[:0], 'C', 0, 0, 0, 0), body...)
+	s.encBuf = finishFrame(frame, 0)
+	return s.send(expect{kind: expClose}, s.encBuf)
+}
+
+// injectCatalogQuery reloads the catalog between statements (after DDL or a
+// reload). Its replies never reach the client.
+func (s *Session) injectCatalogQuery() {
+	s.needCatalog = false
+	q := pgproto3.Query{String: s.snap.catalogSQL}
+	buf, _ := q.Encode(nil)
+	_ = s.send(expect{kind: expQuery, drop: true, catalog: true}, buf)
+}
+
+// ---------------------------------------------------------------------------
+// serverLoop: PostgreSQL -> pgveil -> client.
+
+// serverState is serverLoop's own state.
+type serverState struct {
+	qrows      *rowInfo // rows of the current simple-query result set
+	execRows   *rowInfo // rows of the current Execute
+	execActive bool
+	copyOut    *copyOutState
+	// discarding: pgveil answered the client with its own error (a value no
+	// key decrypts) and drops the server's replies up to ReadyForQuery.
+	discarding bool
+	catRows    [][][]byte // rows of pgveil's catalog query
+	catFailed  bool
+	out        []byte // scratch for rewritten messages
+	decrypted  []int  // per key index, flushed to metrics at statement end
+	decErrors  int
+	decTime    time.Duration
+}
+
+func (s *Session) serverLoop() {
+	st := &s.srvState
+	for {
+		if s.ur.buffered() == 0 {
+			s.cwMu.Lock()
+			err := s.cw.Flush()
+			s.cwMu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+		typ, _, err := s.ur.next()
+		if err != nil {
+			if !isClosedErr(err) && !s.closing.Load() {
+				s.srv.Metrics.UpstreamError(UpstreamIO)
+			}
+			return
+		}
+		s.cwMu.Lock()
+		err = s.onServerMessage(st, typ)
+		s.cwMu.Unlock()
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (s *Session) onServerMessage(st *serverState, typ byte) error {
+	switch typ {
+	case 'D': // DataRow
+		e, _ := s.q.peek()
+		if e.catalog {
+			body, err := s.ur.body()
+			if err != nil {
+				return err
+			}
+			st.catRows = append(st.catRows, copyDataRow(body))
+			return nil
+		}
+		rows := st.qrows
+		if e.kind == expExecute {
+			rows = s.execRowInfo(st, e)
+		}
+		if st.discarding {
+			return s.ur.skip()
+		}
+		if rows == nil || len(rows.cols) == 0 {
+			return s.ur.forward(s.cw)
+		}
+		return s.decryptRow(st, rows)
+	case 'T': // RowDescription
+		e, _ := s.q.peek()
+		switch e.kind {
+		case expDescribeStmt, expDescribePortal:
+			s.q.pop()
+		}
+		body, err := s.ur.body()
+		if err != nil {
+			return err
+		}
+		var plan *rewrite.Plan
+		if e.kind == expQuery {
+			plan = e.plan
+		} else if e.stmt != nil {
+			plan = e.stmt.plan
+		} else if e.portal != nil && e.portal.stmt != nil {
+			plan = e.portal.stmt.plan
+		}
+		ri := s.rowInfoFrom(body, plan)
+		switch e.kind {
+		case expDescribeStmt:
+			if e.stmt != nil {
+				e.stmt.rows, e.stmt.rowsKnown = ri, true
+			}
+		case expDescribePortal:
+			if e.portal != nil {
+				e.portal.rows, e.portal.rowsKnown = ri, true
+			}
+		case expQuery:
+			st.qrows = ri
+		}
+		if e.drop || st.discarding {
+			return nil
+		}
+		s.writeClientFrame('T', body)
+		return nil
+	case 't': // ParameterDescription
+		e, _ := s.q.peek()
+		if st.discarding {
+			return s.ur.skip()
+		}
+		if e.kind == expDescribeStmt && e.stmt != nil && e.stmt.hidden > 0 {
+			body, err := s.ur.body()
+			if err != nil {
+				return err
+			}
+			s.writeParameterDescription(body, e.stmt.clientParams)
+			return nil
+		}
+		return s.ur.forward(s.cw)
+	case 'n': // NoData
+		e, _ := s.q.pop()
+		if e.stmt != nil {
+			e.stmt.rows, e.stmt.rowsKnown = nil, true
+		}
+		if e.portal != nil {
+			e.portal.rows, e.portal.rowsKnown = nil, true
+		}
+		return s.forwardUnless(e.drop || st.discarding)
+	case '1', '2', '3': // ParseComplete, BindComplete, CloseComplete
+		e, _ := s.q.pop()
+		return s.forwardUnless(e.drop || st.discarding)
+	case 'C', 'I', 's': // CommandComplete, EmptyQueryResponse, PortalSuspended
+		e, _ := s.q.peek()
+		if e.kind == expExecute {
+			s.q.pop()
+			st.execActive, st.execRows = false, nil
+		} else {
+			st.qrows = nil
+		}
+		st.copyOut = nil
+		s.flushDecryptMetrics(st)
+		return s.forwardUnless(e.drop || st.discarding)
+	case 'Z': // ReadyForQuery
+		e, _ := s.q.pop()
+		body, err := s.ur.body()
+		if err != nil {
+			return err
+		}
+		if len(body) > 0 {
+			s.txStatus.Store(uint32(body[0]))
+		}
+		st.qrows, st.execRows, st.execActive, st.copyOut = nil, nil, false, nil
+		if e.catalog {
+			if !st.catFailed {
+				s.cat.Store(buildCatalog(s.snap.Config.Tables, st.catRows, 0))
+			}
+			st.catRows, st.catFailed = nil, false
+			return nil
+		}
+		st.discarding = false
+		s.writeClientFrame('Z', body)
+		return nil
+	case 'E': // ErrorResponse
+		e, _ := s.q.peek()
+		if e.catalog {
+			st.catFailed = true
+			return s.ur.skip()
+		}
+		st.copyOut = nil
+		if e.kind == expQuery {
+			st.qrows = nil
+			return s.forwardUnless(e.drop || st.discarding)
+		}
+		st.execActive, st.execRows = false, nil
+		clientOwned := s.q.popUntilSync()
+		return s.forwardUnless(!clientOwned || st.discarding)
+	case 'H': // CopyOutResponse
+		e, _ := s.q.peek()
+		var plan *rewrite.Plan
+		if e.kind == expQuery {
+			plan = e.plan
+		} else if e.portal != nil && e.portal.stmt != nil {
+			plan = e.portal.stmt.plan
+		}
+		if plan != nil && plan.Copy != nil && !plan.Copy.In {
+			st.copyOut = newCopyOutState(plan.Copy, s)
+		}
+		return s.forwardUnless(st.discarding)
+	case 'd': // CopyData
+		if st.copyOut != nil && !st.discarding {
+			return st.copyOut.onData(s)
+		}
+		return s.forwardUnless(st.discarding)
+	default:
+		// NoticeResponse, NotificationResponse, ParameterStatus arrive at any
+		// time and always reach the client, as do CopyInResponse, CopyDone,
+		// FunctionCallResponse.
+		return s.ur.forward(s.cw)
+	}
+}
+
+func (s *Session) forwardUnless(drop bool) error {
+	if drop {
+		return s.ur.skip()
+	}
+	return s.ur.forward(s.cw)
+}
+
+// execRowInfo returns the decrypt columns of an Execute's rows: the portal's
+// own Describe, else its statement's.
+func (s *Session) execRowInfo(st *serverState, e expect) *rowInfo {
+	if st.execActive {
+		return st.execRows
+	}
+	st.execActive = true
+	st.execRows = nil
+	if p := e.portal; p != nil {
+		if p.rowsKnown {
+			st.execRows = p.rows
+		} else if p.stmt != nil && p.stmt.rowsKnown {
+			st.execRows = p.stmt.rows
+		}
+	}
+	return st.execRows
+}
+
+// writeParameterDescription forwards a ParameterDescription without the
+// parameters pgveil added.
+func (s *Session) writeParameterDescription(body []byte, n int) {
+	if len(body) < 2 {
+		return
+	}
+	have := int(binary.BigEndian.Uint16(body))
+	if n > have || n < 0 {
+		n = have
+	}
+	out := s.srvState.out[:0]
+	out, start := appendFrameHeader(out, 't')
+	out = binary.BigEndian.AppendUint16(out, uint16(n))
+	out = append(out, body[2:2+4*n]...)
+	out = finishFrame(out, start)
+	s.srvState.out = out
+	_, _ = s.cw.Write(out)
+}

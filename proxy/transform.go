@@ -1,0 +1,463 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgveil/pgveil/config"
+	"github.com/pgveil/pgveil/keyring"
+	"github.com/pgveil/pgveil/rewrite"
+)
+
+// rowInfo lists the encrypted columns of a result, by position. Immutable.
+type rowInfo struct {
+	cols []decryptCol // ascending index
+}
+
+type decryptCol struct {
+	index  int
+	column string // "schema.table.column", for errors and audit
+}
+
+// rowInfoFrom reads a RowDescription and marks the columns to decrypt: those
+// whose origin (table OID, attnum) is a configured encrypted column, and
+// those the plan marks when PostgreSQL names no origin (UNION, VALUES).
+// nil when there are none, so DataRows pass through untouched.
+func (s *Session) rowInfoFrom(body []byte, plan *rewrite.Plan) *rowInfo {
+	cat := s.cat.Load()
+	if len(body) < 2 {
+		return nil
+	}
+	n := int(binary.BigEndian.Uint16(body))
+	p := body[2:]
+	var cols []decryptCol
+	for i := 0; i < n; i++ {
+		_, rest, ok := cstringBytes(p)
+		if !ok || len(rest) < 18 {
+			return nil
+		}
+		table := binary.BigEndian.Uint32(rest)
+		attr := int16(binary.BigEndian.Uint16(rest[4:]))
+		p = rest[18:]
+		if ref := cat.lookup(table, attr); ref != nil {
+			cols = append(cols, decryptCol{index: i, column: ref.table + "." + ref.column})
+			continue
+		}
+		if plan != nil {
+			for _, r := range plan.Results {
+				if r.Index == i {
+					cols = append(cols, decryptCol{index: i, column: r.Column})
+					break
+				}
+			}
+		}
+	}
+	if len(cols) == 0 {
+		return nil
+	}
+	return &rowInfo{cols: cols}
+}
+
+// errValueUndecryptable is a stored value that no key opens (strict mode,
+// or any malformed token).
+type undecryptableError struct{ column string }
+
+func (e *undecryptableError) Error() string {
+	return fmt.Sprintf("pgveil: a value in encrypted column %s cannot be decrypted with any configured key", e.column)
+}
+func (e *undecryptableError) SQLState() string { return codeDataCorrupted }
+func (e *undecryptableError) Hint() string {
+	return "check keys.encryption_key and keys.fallback_keys; run pgveil verify to find such rows"
+}
+
+// decryptRow rewrites one DataRow with its encrypted columns decrypted and
+// writes it to the client. The read buffer is never written to.
+func (s *Session) decryptRow(st *serverState, ri *rowInfo) error {
+	body, err := s.ur.body()
+	if err != nil {
+		return err
+	}
+	kr := s.snap.Keyring
+	migrating := s.snap.Config.Encryption.Mode == config.ModeMigrating
+	if len(body) < 2 {
+		return errBadFrameLength
+	}
+	began := time.Now()
+	n := int(binary.BigEndian.Uint16(body))
+	out, start := appendFrameHeader(st.out[:0], 'D')
+	out = append(out, body[:2]...)
+	p := body[2:]
+	ci := 0
+	for i := 0; i < n; i++ {
+		if len(p) < 4 {
+			return errBadFrameLength
+		}
+		l := int32(binary.BigEndian.Uint32(p))
+		p = p[4:]
+		if l < 0 {
+			out = append(out, 0xff, 0xff, 0xff, 0xff)
+			if ci < len(ri.cols) && ri.cols[ci].index == i {
+				ci++
+			}
+			continue
+		}
+		if int(l) > len(p) {
+			return errBadFrameLength
+		}
+		v := p[:l]
+		p = p[l:]
+		if ci >= len(ri.cols) || ri.cols[ci].index != i {
+			out = binary.BigEndian.AppendUint32(out, uint32(l))
+			out = append(out, v...)
+			continue
+		}
+		col := ri.cols[ci]
+		ci++
+		lenAt := len(out)
+		out = append(out, 0, 0, 0, 0)
+		var key int
+		out, key, err = kr.Open(out, v)
+		if err != nil {
+			out = out[:lenAt+4]
+			if migrating && errors.Is(err, keyring.ErrNotToken) {
+				out = append(out, v...)
+			} else {
+				st.decErrors++
+				st.out = out
+				return s.failRow(st, col.column, err)
+			}
+		} else {
+			for len(st.decrypted) <= key {
+				st.decrypted = append(st.decrypted, 0)
+			}
+			st.decrypted[key]++
+		}
+		binary.BigEndian.PutUint32(out[lenAt:], uint32(len(out)-lenAt-4))
+	}
+	out = finishFrame(out, start)
+	st.out = out
+	st.decTime += time.Since(began)
+	_, err = s.cw.Write(out)
+	if cap(st.out) > 4*ioBufferSize {
+		st.out = nil
+	}
+	return err
+}
+
+// failRow answers a row that cannot be decrypted with XX001 and drops the
+// rest of the server's replies up to ReadyForQuery: wrong rows are never
+// returned silently.
+func (s *Session) failRow(st *serverState, column string, cause error) error {
+	s.srv.KeyMetrics.Error(keyring.ErrorTypeUndecryptable)
+	uerr := &undecryptableError{column: column}
+	if s.snap.Config.Encryption.Audit() {
+		s.log.Warn("decryption failed", "logger", "audit.encryption", "column", column, "sqlstate", codeDataCorrupted)
+	}
+	s.writeError(uerr, false)
+	st.discarding = true
+	s.flushDecryptMetrics(st)
+	return nil
+}
+
+// flushDecryptMetrics publishes the counts gathered during a statement, so
+// the per-row path touches only local integers.
+func (s *Session) flushDecryptMetrics(st *serverState) {
+	total := 0
+	if len(st.decrypted) > 0 {
+		fps := s.snap.Keyring.KeyFingerprints()
+		for i, n := range st.decrypted {
+			if n == 0 {
+				continue
+			}
+			total += n
+			if i < len(fps) {
+				s.srv.Metrics.Decryptions(fps[i], n)
+			}
+			st.decrypted[i] = 0
+		}
+	}
+	if total > 0 || st.decErrors > 0 {
+		s.srv.KeyMetrics.ObserveDecrypt(total+st.decErrors, st.decErrors, st.decTime)
+		s.srv.Metrics.ObserveOverhead(st.decTime)
+	}
+	st.decErrors, st.decTime = 0, 0
+}
+
+// transformer returns the function that computes what an Action makes of a
+// value: tokens, blind indexes, arrays of blind indexes.
+func (s *Session) transformer(snap *Snapshot) func(rewrite.Action, []byte) ([]byte, error) {
+	return func(a rewrite.Action, v []byte) ([]byte, error) {
+		return s.apply(snap, a, v, nil, false)
+	}
+}
+
+// apply computes one value. binary says the value came in binary format
+// (only meaningful for OpHashArray).
+func (s *Session) apply(snap *Snapshot, a rewrite.Action, v, dst []byte, binaryFmt bool) ([]byte, error) {
+	kr := snap.Keyring
+	enc := snap.Config.Encryption
+	switch a.Op {
+	case rewrite.OpEncrypt:
+		if err := keyring.CheckPlain(v, enc.MaxSize, enc.Sanitize()); err != nil {
+			s.srv.KeyMetrics.ObserveEncrypt(1, 1, 0)
+			return nil, columnError(err, a.Column)
+		}
+		began := time.Now()
+		out, err := kr.Seal(dst, v)
+		if err != nil {
+			s.srv.KeyMetrics.ObserveEncrypt(1, 1, 0)
+			return nil, err
+		}
+		s.srv.KeyMetrics.ObserveEncrypt(1, 0, time.Since(began))
+		return out, nil
+	case rewrite.OpHash:
+		if err := keyring.CheckPlain(v, enc.MaxSize, enc.Sanitize()); err != nil {
+			return nil, columnError(err, a.Column)
+		}
+		return kr.BlindIndex(dst, a.Domain, v), nil
+	case rewrite.OpHashAll:
+		if err := keyring.CheckPlain(v, enc.MaxSize, enc.Sanitize()); err != nil {
+			return nil, columnError(err, a.Column)
+		}
+		return appendHashArray(dst, kr, a.Domain, [][]byte{v}), nil
+	case rewrite.OpHashArray:
+		var elems [][]byte
+		var err error
+		if binaryFmt {
+			elems, err = parseBinaryArray(v)
+		} else {
+			elems, err = parseTextArray(v)
+		}
+		if err != nil {
+			return nil, &pgError{code: "22P02", msg: "pgveil: malformed array parameter for encrypted column " + a.Column}
+		}
+		for _, e := range elems {
+			if e == nil {
+				continue
+			}
+			if err := keyring.CheckPlain(e, enc.MaxSize, enc.Sanitize()); err != nil {
+				return nil, columnError(err, a.Column)
+			}
+		}
+		return appendHashArray(dst, kr, a.Domain, elems), nil
+	default:
+		return append(dst, v...), nil
+	}
+}
+
+// appendHashArray appends a text-format array of the blind indexes of each
+// element under every hash key in force (current and fallbacks). NULL
+// elements stay NULL (they match nothing, as = NULL does).
+func appendHashArray(dst []byte, kr *keyring.Keyring, domain string, elems [][]byte) []byte {
+	dst = append(dst, '{')
+	first := true
+	for _, e := range elems {
+		if !first {
+			dst = append(dst, ',')
+		}
+		first = false
+		if e == nil {
+			dst = append(dst, "NULL"...)
+			continue
+		}
+		for i, h := range kr.BlindIndexAll(domain, e) {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = append(dst, h...)
+		}
+	}
+	return append(dst, '}')
+}
+
+// columnError names the column in a value refusal (never the value).
+func columnError(err error, column string) error {
+	code, msg, _ := errorFields(err)
+	return &pgError{code: code, msg: fmt.Sprintf("%s (column %s)", msg, column)}
+}
+
+// transformBind applies a statement's parameter actions to a decoded Bind:
+// client parameters transformed in place, hidden parameters appended.
+func (s *Session) transformBind(st *statement, b *pgproto3.Bind) error {
+	plan := st.plan
+	snap := s.snap
+	n := len(b.Parameters)
+	formats := make([]int16, n, n+len(plan.Hidden))
+	for i := range formats {
+		formats[i] = paramFormat(b.ParameterFormatCodes, i)
+	}
+	params := make([][]byte, n, n+len(plan.Hidden))
+	copy(params, b.Parameters)
+	for i, a := range plan.ClientParams {
+		if a.Op == rewrite.OpNone || i >= n || params[i] == nil {
+			continue
+		}
+		out, err := s.apply(snap, a, params[i], nil, formats[i] == 1)
+		if err != nil {
+			return err
+		}
+		params[i] = out
+		if a.Op == rewrite.OpHashArray || a.Op == rewrite.OpHashAll {
+			formats[i] = 0
+		}
+	}
+	for _, h := range plan.Hidden {
+		if h.From < 0 || h.From >= n {
+			return &pgError{code: codeProtocolViolation, msg: fmt.Sprintf("pgveil: Bind supplies %d parameters, the statement needs %d", n, h.From+1)}
+		}
+		src := b.Parameters[h.From]
+		if src == nil {
+			params = append(params, nil)
+		} else {
+			out, err := s.apply(snap, h.Action, src, nil, formats[h.From] == 1)
+			if err != nil {
+				return err
+			}
+			params = append(params, out)
+		}
+		formats = append(formats, 0)
+	}
+	b.Parameters = params
+	b.ParameterFormatCodes = compactFormats(formats)
+	return nil
+}
+
+func paramFormat(codes []int16, i int) int16 {
+	switch len(codes) {
+	case 0:
+		return 0
+	case 1:
+		return codes[0]
+	default:
+		if i < len(codes) {
+			return codes[i]
+		}
+		return 0
+	}
+}
+
+// compactFormats sends no format codes when all are text.
+func compactFormats(f []int16) []int16 {
+	for _, c := range f {
+		if c != 0 {
+			return f
+		}
+	}
+	return nil
+}
+
+// parseTextArray parses a one-dimensional text-format array ('{a,"b c",NULL}').
+func parseTextArray(v []byte) ([][]byte, error) {
+	if len(v) < 2 || v[0] != '{' || v[len(v)-1] != '}' {
+		return nil, errors.New("not an array")
+	}
+	body := v[1 : len(v)-1]
+	var out [][]byte
+	if len(body) == 0 {
+		return out, nil
+	}
+	i := 0
+	for {
+		for i < len(body) && (body[i] == ' ' || body[i] == '\t') {
+			i++
+		}
+		var elem []byte
+		if i < len(body) && body[i] == '"' {
+			i++
+			elem = []byte{}
+			for {
+				if i >= len(body) {
+					return nil, errors.New("unterminated quote")
+				}
+				c := body[i]
+				if c == '\\' && i+1 < len(body) {
+					elem = append(elem, body[i+1])
+					i += 2
+					continue
+				}
+				if c == '"' {
+					i++
+					break
+				}
+				elem = append(elem, c)
+				i++
+			}
+		} else {
+			start := i
+			for i < len(body) && body[i] != ',' {
+				if body[i] == '{' || body[i] == '"' {
+					return nil, errors.New("nested arrays are not supported")
+				}
+				i++
+			}
+			raw := body[start:i]
+			for len(raw) > 0 && (raw[len(raw)-1] == ' ' || raw[len(raw)-1] == '\t') {
+				raw = raw[:len(raw)-1]
+			}
+			if string(raw) == "NULL" {
+				elem = nil
+			} else {
+				elem = make([]byte, 0, len(raw))
+				for j := 0; j < len(raw); j++ {
+					if raw[j] == '\\' && j+1 < len(raw) {
+						j++
+					}
+					elem = append(elem, raw[j])
+				}
+			}
+		}
+		out = append(out, elem)
+		for i < len(body) && (body[i] == ' ' || body[i] == '\t') {
+			i++
+		}
+		if i >= len(body) {
+			return out, nil
+		}
+		if body[i] != ',' {
+			return nil, errors.New("expected comma")
+		}
+		i++
+	}
+}
+
+// parseBinaryArray parses a one-dimensional binary-format array of a text
+// type (elements are their text bytes).
+func parseBinaryArray(v []byte) ([][]byte, error) {
+	if len(v) < 12 {
+		return nil, errors.New("short array")
+	}
+	ndim := int(binary.BigEndian.Uint32(v))
+	p := v[12:]
+	if ndim == 0 {
+		return nil, nil
+	}
+	if ndim != 1 || len(p) < 8 {
+		return nil, errors.New("only one-dimensional arrays are supported")
+	}
+	n := int(int32(binary.BigEndian.Uint32(p)))
+	p = p[8:]
+	if n < 0 || n > len(p)/4 {
+		return nil, errors.New("bad array length")
+	}
+	out := make([][]byte, 0, n)
+	for i := 0; i < n; i++ {
+		if len(p) < 4 {
+			return nil, errors.New("short array")
+		}
+		l := int32(binary.BigEndian.Uint32(p))
+		p = p[4:]
+		if l < 0 {
+			out = append(out, nil)
+			continue
+		}
+		if int(l) > len(p) {
+			return nil, errors.New("short array")
+		}
+		out = append(out, p[:l])
+		p = p[l:]
+	}
+	return out, nil
+}

@@ -1,0 +1,232 @@
+package test
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgveil/pgveil/config"
+	"github.com/pgveil/pgveil/test/pgtest"
+)
+
+var hex64 = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// checkStoredUser asserts that what Postgres holds for a user is a token
+// that decrypts to want, with the right blind index.
+func checkStoredUser(t testing.TB, p *testProxy, id int64, email, name string) {
+	t.Helper()
+	d := p.Direct(t)
+	kr := p.Keyring(t)
+	var se, sh, sn *string
+	if err := d.QueryRow(context.Background(), "SELECT email, email_hash, full_name FROM users WHERE id = $1", id).Scan(&se, &sh, &sn); err != nil {
+		t.Fatal(err)
+	}
+	check := func(col string, stored *string, want string) {
+		if stored == nil {
+			t.Fatalf("users.%s id %d: stored NULL, want a token", col, id)
+		}
+		if !strings.HasPrefix(*stored, "gAAAAA") {
+			t.Fatalf("users.%s id %d: stored value is not a token", col, id)
+		}
+		plain, _, err := kr.Open(nil, []byte(*stored))
+		if err != nil || string(plain) != want {
+			t.Fatalf("users.%s id %d: stored token does not decrypt to the value written (%v)", col, id, err)
+		}
+	}
+	check("email", se, email)
+	check("full_name", sn, name)
+	if sh == nil || !hex64.MatchString(*sh) {
+		t.Fatalf("users.email_hash id %d: %v is not 64 hex", id, sh)
+	}
+	want := string(kr.BlindIndex(nil, "public.users.email", []byte(email)))
+	if *sh != want {
+		t.Fatalf("users.email_hash id %d: blind index differs from HMAC of the email", id)
+	}
+}
+
+func TestEncryptExecModes(t *testing.T) {
+	p := startProxy(t, proxyOpts{})
+	ctx := context.Background()
+	var planted []string
+	for i, mode := range execModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			c := connMode(t, p.DSN(pgtest.TrustUser), mode)
+			email := fmt.Sprintf("user%d+%s@example.com", i, strings.ToLower(mode.String()))
+			name := fmt.Sprintf("Zoë O'Brien \\ %d", i)
+			planted = append(planted, email, name)
+			var id int64
+			if err := c.QueryRow(ctx, "INSERT INTO users (email, full_name, age) VALUES ($1, $2, $3) RETURNING id", email, name, 30+i).Scan(&id); err != nil {
+				t.Fatalf("insert: %v", err)
+			}
+			checkStoredUser(t, p, id, email, name)
+
+			// Read back by id: decrypted.
+			var gotEmail, gotName string
+			if err := c.QueryRow(ctx, "SELECT email, full_name FROM users WHERE id = $1", id).Scan(&gotEmail, &gotName); err != nil {
+				t.Fatal(err)
+			}
+			if gotEmail != email || gotName != name {
+				t.Fatalf("read back %q %q", gotEmail, gotName)
+			}
+			// Lookup by email through the blind index.
+			var gotID int64
+			if err := c.QueryRow(ctx, "SELECT id FROM users WHERE email = $1", email).Scan(&gotID); err != nil || gotID != id {
+				t.Fatalf("lookup by email: %v id=%d want %d", err, gotID, id)
+			}
+			// SELECT * with alias.
+			var n int
+			rows, err := c.Query(ctx, "SELECT u.* FROM users u WHERE u.email = $1", email)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for rows.Next() {
+				m, err := pgx.RowToMap(rows)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if m["email"] != email || m["full_name"] != name {
+					t.Fatalf("SELECT *: %v", m)
+				}
+				n++
+			}
+			if rows.Err() != nil || n != 1 {
+				t.Fatalf("SELECT *: %v rows=%d", rows.Err(), n)
+			}
+			// UPDATE, then read.
+			newName := name + " (updated)"
+			planted = append(planted, newName)
+			mustExec(t, c, "UPDATE users SET full_name = $1 WHERE email = $2", newName, email)
+			checkStoredUser(t, p, id, email, newName)
+			// Unsupported: LIKE is refused with 0A000 and the connection stays usable.
+			_, err = c.Exec(ctx, "SELECT id FROM users WHERE email LIKE $1", "%example%")
+			if sqlState(err) != "0A000" || !strings.Contains(err.Error(), "users.email") {
+				t.Fatalf("LIKE: want 0A000 naming users.email, got %v", err)
+			}
+			if err := c.QueryRow(ctx, "SELECT count(*) FROM users WHERE email = $1", email).Scan(&n); err != nil || n != 1 {
+				t.Fatalf("after refusal: %v %d", err, n)
+			}
+		})
+	}
+	assertNoPlaintext(t, p, planted...)
+}
+
+func TestEncryptLiteralsSimpleProtocol(t *testing.T) {
+	p := startProxy(t, proxyOpts{})
+	c := connMode(t, p.DSN(pgtest.TrustUser), pgx.QueryExecModeSimpleProtocol)
+	ctx := context.Background()
+	// Inline literals as psql or psycopg2 send them, several rows, quotes,
+	// backslashes, multi-byte UTF-8, the empty string and NULL.
+	_, err := c.Exec(ctx, `INSERT INTO users (email, full_name) VALUES ('a@x.io', 'It''s Ann'), ('b@x.io', E'B\\ob \u00e9'), ('c@x.io', ''), ('d@x.io', NULL)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := queryAll(t, c, "SELECT email, full_name FROM users ORDER BY id")
+	want := "email|full_name|\na@x.io It's Ann\nb@x.io B\\ob é\nc@x.io \nd@x.io <nil>\n"
+	if got != want {
+		t.Fatalf("got\n%s\nwant\n%s", got, want)
+	}
+	for _, q := range []string{
+		"SELECT full_name FROM users WHERE email = 'b@x.io'",
+		"SELECT full_name FROM users WHERE email IN ('zz@x.io', 'b@x.io')",
+	} {
+		var name string
+		if err := c.QueryRow(ctx, q).Scan(&name); err != nil || name != "B\\ob é" {
+			t.Fatalf("%s: %v %q", q, err, name)
+		}
+	}
+	var nulls int
+	if err := c.QueryRow(ctx, "SELECT count(*) FROM users WHERE full_name IS NULL").Scan(&nulls); err != nil || nulls != 1 {
+		t.Fatalf("IS NULL: %v %d", err, nulls)
+	}
+	// Stored: NULL stays NULL, the empty string is a token.
+	d := p.Direct(t)
+	var empty, null *string
+	d.QueryRow(ctx, "SELECT full_name FROM users WHERE id = 3").Scan(&empty)
+	d.QueryRow(ctx, "SELECT full_name FROM users WHERE id = 4").Scan(&null)
+	if empty == nil || !strings.HasPrefix(*empty, "gAAAAA") || null != nil {
+		t.Fatalf("stored empty=%v null=%v", empty, null)
+	}
+	assertNoPlaintext(t, p, "a@x.io", "It's Ann", "B\\ob", "d@x.io")
+}
+
+func TestEncryptRefusals(t *testing.T) {
+	p := startProxy(t, proxyOpts{})
+	ctx := context.Background()
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol} {
+		c := connMode(t, p.DSN(pgtest.TrustUser), mode)
+		mustExec(t, c, "INSERT INTO users (email, full_name) VALUES ($1, $2)", "r"+mode.String()+"@x.io", "R")
+		for _, q := range []string{
+			"SELECT * FROM users WHERE email LIKE 'a%'",
+			"SELECT * FROM users ORDER BY email",
+			"SELECT * FROM users WHERE full_name = 'x'",
+			"SELECT upper(email) FROM users",
+			"SELECT * FROM users WHERE email > 'm'",
+			"SELECT full_name, count(*) FROM users GROUP BY full_name",
+			"SELECT DISTINCT email FROM users",
+		} {
+			_, err := c.Exec(ctx, q)
+			if sqlState(err) != "0A000" || !strings.HasPrefix(pgMessage(err), "pgveil: ") {
+				t.Errorf("%v %q: want 0A000 from pgveil, got %v", mode, q, err)
+			}
+		}
+		// Inside a transaction the refusal fails the transaction on the
+		// server too: a later COMMIT does not commit the earlier insert.
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "INSERT INTO plain_notes (body) VALUES ('in tx')"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "SELECT * FROM users WHERE email LIKE 'a%'"); sqlState(err) != "0A000" {
+			t.Fatalf("refusal in tx: %v", err)
+		}
+		_ = tx.Commit(ctx)
+		var n int
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM plain_notes").Scan(&n); err != nil || n != 0 {
+			t.Fatalf("the transaction with a refused statement committed: %v %d", err, n)
+		}
+	}
+}
+
+func pgMessage(err error) string {
+	var m interface{ Error() string }
+	if err == nil {
+		return ""
+	}
+	m = err
+	s := m.Error()
+	if i := strings.Index(s, "pgveil: "); i >= 0 {
+		return s[i:]
+	}
+	return s
+}
+
+func TestEncryptLimits(t *testing.T) {
+	p := startProxy(t, proxyOpts{mutate: func(c *config.Config) { c.Encryption.MaxSize = 1000 }})
+	ctx := context.Background()
+	c := p.Conn(t)
+	// At the limit: fine.
+	mustExec(t, c, "INSERT INTO chat_history (message) VALUES ($1)", strings.Repeat("x", 1000))
+	// Over: 54000, nothing written, connection usable.
+	_, err := c.Exec(ctx, "INSERT INTO chat_history (message) VALUES ($1)", strings.Repeat("y", 1001))
+	if sqlState(err) != "54000" {
+		t.Fatalf("over max_size: want 54000, got %v", err)
+	}
+	// Invalid UTF-8 and NUL are refused with 22021 (binary parameter so
+	// the bytes arrive as sent).
+	_, err = c.Exec(ctx, "INSERT INTO chat_history (message) VALUES ($1::text)", "bad \xff\xfe utf8")
+	if sqlState(err) != "22021" {
+		t.Fatalf("invalid UTF-8: want 22021, got %v", err)
+	}
+	var n int
+	if err := c.QueryRow(ctx, "SELECT count(*) FROM chat_history").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("after refusals: %v %d", err, n)
+	}
+	_ = hex.EncodeToString
+}
