@@ -1,0 +1,216 @@
+package rewrite
+
+import (
+	"fmt"
+	"hash/maphash"
+	"sync"
+)
+
+// CacheResult says how Rewriter.Plan found its plan; the proxy counts it
+// (pgveil_plan_cache_lookups_total{result}).
+type CacheResult uint8
+
+const (
+	CacheSkip CacheResult = iota // the text names no configured table; not parsed, not cached
+	CacheHit                     // the plan came from the cache
+	CacheMiss                    // the text was analyzed (and the plan cached)
+)
+
+func (c CacheResult) String() string {
+	switch c {
+	case CacheHit:
+		return "hit"
+	case CacheMiss:
+		return "miss"
+	}
+	return "skip"
+}
+
+// passthroughPlan is the shared plan of every statement that touches no
+// configured table. Never modify it.
+var passthroughPlan = &Plan{Kind: KindPassthrough}
+
+// Cache is a bounded, sharded LRU of plans keyed by normalized SQL. It is
+// safe for concurrent use.
+type Cache struct {
+	seed   maphash.Seed
+	shards [cacheShards]cacheShard
+}
+
+const cacheShards = 16
+
+type cacheShard struct {
+	mu   sync.Mutex
+	m    map[string]*cacheEntry
+	head cacheEntry // sentinel: head.next is the most recent
+	cap  int
+}
+
+type cacheEntry struct {
+	key        string
+	plan       *Plan
+	exact      bool // the plan is valid only for this exact text (see Rewriter.Plan)
+	prev, next *cacheEntry
+}
+
+// NewCache returns a cache holding at most size plans (at least one per shard).
+func NewCache(size int) *Cache {
+	c := &Cache{seed: maphash.MakeSeed()}
+	per := (size + cacheShards - 1) / cacheShards
+	if per < 1 {
+		per = 1
+	}
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.m = make(map[string]*cacheEntry)
+		s.head.next, s.head.prev = &s.head, &s.head
+		s.cap = per
+	}
+	return c
+}
+
+func (c *Cache) shard(key string) *cacheShard {
+	return &c.shards[maphash.String(c.seed, key)%cacheShards]
+}
+
+func (c *Cache) get(key string) (*Plan, bool, bool) {
+	s := c.shard(key)
+	s.mu.Lock()
+	e := s.m[key]
+	if e == nil {
+		s.mu.Unlock()
+		return nil, false, false
+	}
+	if s.head.next != e {
+		e.prev.next, e.next.prev = e.next, e.prev
+		e.next, e.prev = s.head.next, &s.head
+		s.head.next.prev = e
+		s.head.next = e
+	}
+	p, exact := e.plan, e.exact
+	s.mu.Unlock()
+	return p, exact, true
+}
+
+func (c *Cache) put(key string, p *Plan, exact bool) {
+	s := c.shard(key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e := s.m[key]; e != nil {
+		e.plan, e.exact = p, exact
+		return
+	}
+	e := &cacheEntry{key: key, plan: p, exact: exact}
+	e.next, e.prev = s.head.next, &s.head
+	s.head.next.prev = e
+	s.head.next = e
+	s.m[key] = e
+	for len(s.m) > s.cap {
+		last := s.head.prev
+		last.prev.next, s.head.prev = &s.head, last.prev
+		delete(s.m, last.key)
+	}
+}
+
+// Len returns the number of cached plans.
+func (c *Cache) Len() int {
+	n := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		n += len(s.m)
+		s.mu.Unlock()
+	}
+	return n
+}
+
+// Rewriter is compiled Rules plus a plan cache: one config generation.
+// Safe for concurrent use.
+type Rewriter struct {
+	rules *Rules
+	cache *Cache
+}
+
+// New returns a Rewriter over rules with a cache of cacheSize plans
+// (config.Proxy.PlanCacheSize).
+func New(rules *Rules, cacheSize int) *Rewriter {
+	return &Rewriter{rules: rules, cache: NewCache(cacheSize)}
+}
+
+// Rules returns the rules the rewriter was built from.
+func (r *Rewriter) Rules() *Rules { return r.rules }
+
+// Cache returns the rewriter's plan cache.
+func (r *Rewriter) Cache() *Cache { return r.cache }
+
+// Plan analyzes one statement text (a Query message, or a Parse message's
+// query) and returns its plan, the literals the normalizer extracted from
+// sql (Slots index into them; pass both to Plan.Render), and how the cache
+// answered.
+//
+// A text that names no configured table is not parsed: it gets the shared
+// KindPassthrough plan and CacheSkip. Everything else is normalized and
+// looked up by its normalized text; on a miss it is parsed and analyzed.
+// Refusals come back as KindRefuse plans (cached like any other). A text
+// that names a configured table but does not parse is refused with
+// SQLSTATE 42601 rather than forwarded, so that a statement pgveil cannot
+// understand never carries plaintext aimed at an encrypted column to
+// PostgreSQL (which would also echo it into its log); with
+// on_unsupported: passthrough it is forwarded and PostgreSQL reports its
+// own syntax error.
+//
+// err is non-nil only when the analyzer hit an internal inconsistency (a
+// pgveil bug); the proxy must then answer XX000 and forward nothing.
+func (r *Rewriter) Plan(sql string) (*Plan, []Literal, CacheResult, error) {
+	if !r.rules.Mentions(sql) {
+		return passthroughPlan, nil, CacheSkip, nil
+	}
+	key, lits := Normalize(sql)
+	if p, exact, ok := r.cache.get(key); ok {
+		if !exact {
+			return p, lits, CacheHit, nil
+		}
+		if p, _, ok := r.cache.get(exactKey(sql)); ok {
+			return p, lits, CacheHit, nil
+		}
+	}
+	p, exact, err := r.rules.analyze(sql, key, lits)
+	if err != nil {
+		return nil, nil, CacheMiss, err
+	}
+	if exact {
+		// The normalized text did not parse (a constant where PostgreSQL's
+		// grammar wants one, e.g. `SET x TO 'y'`): the plan was made from
+		// the original text and may depend on its constants, so it is
+		// cached by the exact text; the normalized key only records that.
+		r.cache.put(key, p, true)
+		r.cache.put(exactKey(sql), p, false)
+	} else {
+		r.cache.put(key, p, false)
+	}
+	return p, lits, CacheMiss, nil
+}
+
+func exactKey(sql string) string { return "\x00" + sql }
+
+// Analyze plans sql without a cache; see Rewriter.Plan.
+func (r *Rules) Analyze(sql string) (*Plan, []Literal, error) {
+	if !r.Mentions(sql) {
+		return passthroughPlan, nil, nil
+	}
+	key, lits := Normalize(sql)
+	p, _, err := r.analyze(sql, key, lits)
+	if err != nil {
+		return nil, nil, err
+	}
+	return p, lits, nil
+}
+
+// bugError is an internal inconsistency found while analyzing.
+type bugError struct{ msg string }
+
+func (e *bugError) Error() string { return "pgveil: BUG: rewrite: " + e.msg }
+
+func bugf(format string, args ...any) *bugError {
+	return &bugError{msg: fmt.Sprintf(format, args...)}
+}

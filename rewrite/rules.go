@@ -1,0 +1,200 @@
+package rewrite
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/pgveil/pgveil/config"
+)
+
+// Options are the config settings the rewriter depends on.
+type Options struct {
+	// Mode is config.ModeStrict or config.ModeMigrating ("" = strict). In
+	// migrating mode equality lookups also match rows whose blind index is
+	// still NULL by their plaintext.
+	Mode string
+	// OnUnsupported is config.OnUnsupportedReject or
+	// config.OnUnsupportedPassthrough ("" = reject). With passthrough, a
+	// statement pgveil would refuse is forwarded unchanged (KindPassthrough).
+	OnUnsupported string
+	// HashFallbacks is the number of fallback hash keys. When > 0 lookups
+	// compare the blind index with an array of hashes under every key:
+	// email_hash = ANY($k::text[]) with OpHashAll.
+	HashFallbacks int
+}
+
+// Rules are the configured tables compiled for the rewriter. Immutable.
+type Rules struct {
+	opts    Options
+	tables  []*tableRule
+	byQName map[string]*tableRule // "schema.table" (as PostgreSQL stores the names)
+	names   map[string]struct{}   // lower-cased table names, for the skip scan
+	maxName int
+}
+
+type tableRule struct {
+	schema, name string
+	qname        string // schema.name
+	cols         map[string]*colRule
+	hashCols     map[string]*colRule // blind index column -> encrypted column
+	order        []*colRule          // config order
+}
+
+type colRule struct {
+	table  *tableRule
+	name   string
+	blind  string
+	domain string
+	label  string // "table.column" for Action.Column
+}
+
+func (c *colRule) searchable() bool { return c.blind != "" }
+
+// Compile checks and compiles the configured tables.
+func Compile(tables []config.Table, opts Options) (*Rules, error) {
+	switch opts.Mode {
+	case "", config.ModeStrict, config.ModeMigrating:
+	default:
+		return nil, fmt.Errorf("pgveil: unknown encryption mode %q (want %s or %s)", opts.Mode, config.ModeStrict, config.ModeMigrating)
+	}
+	switch opts.OnUnsupported {
+	case "", config.OnUnsupportedReject, config.OnUnsupportedPassthrough:
+	default:
+		return nil, fmt.Errorf("pgveil: unknown on_unsupported %q (want %s or %s)", opts.OnUnsupported, config.OnUnsupportedReject, config.OnUnsupportedPassthrough)
+	}
+	if opts.HashFallbacks < 0 {
+		return nil, fmt.Errorf("pgveil: negative number of fallback hash keys")
+	}
+	r := &Rules{opts: opts, byQName: map[string]*tableRule{}, names: map[string]struct{}{}}
+	for _, t := range tables {
+		schema, name := t.Schema, t.Name
+		if name == "" {
+			if i := strings.IndexByte(t.Table, '.'); i >= 0 {
+				schema, name = t.Table[:i], t.Table[i+1:]
+			} else {
+				name = t.Table
+			}
+		}
+		if schema == "" {
+			schema = "public"
+		}
+		if name == "" {
+			return nil, fmt.Errorf("pgveil: a configured table has no name")
+		}
+		tr := &tableRule{schema: schema, name: name, qname: schema + "." + name,
+			cols: map[string]*colRule{}, hashCols: map[string]*colRule{}}
+		if _, dup := r.byQName[tr.qname]; dup {
+			return nil, fmt.Errorf("pgveil: table %s is configured twice", tr.qname)
+		}
+		if len(t.Columns) == 0 {
+			return nil, fmt.Errorf("pgveil: table %s has no columns", tr.qname)
+		}
+		for _, c := range t.Columns {
+			if c.Column == "" {
+				return nil, fmt.Errorf("pgveil: table %s has a column without a name", tr.qname)
+			}
+			if _, dup := tr.cols[c.Column]; dup {
+				return nil, fmt.Errorf("pgveil: column %s.%s is configured twice", tr.qname, c.Column)
+			}
+			cr := &colRule{table: tr, name: c.Column, blind: c.BlindIndex, domain: c.HashDomain,
+				label: name + "." + c.Column}
+			if cr.domain == "" {
+				cr.domain = tr.qname + "." + c.Column
+			}
+			tr.cols[c.Column] = cr
+			tr.order = append(tr.order, cr)
+		}
+		for _, c := range tr.order {
+			if c.blind == "" {
+				continue
+			}
+			if _, clash := tr.cols[c.blind]; clash {
+				return nil, fmt.Errorf("pgveil: blind index %s.%s is also an encrypted column", tr.qname, c.blind)
+			}
+			if _, dup := tr.hashCols[c.blind]; dup {
+				return nil, fmt.Errorf("pgveil: blind index %s.%s serves two columns", tr.qname, c.blind)
+			}
+			tr.hashCols[c.blind] = c
+		}
+		r.byQName[tr.qname] = tr
+		r.tables = append(r.tables, tr)
+		ln := strings.ToLower(name)
+		r.names[ln] = struct{}{}
+		if len(ln) > r.maxName {
+			r.maxName = len(ln)
+		}
+	}
+	return r, nil
+}
+
+// Options returns the options the rules were compiled with.
+func (r *Rules) Options() Options { return r.opts }
+
+func (r *Rules) migrating() bool { return r.opts.Mode == config.ModeMigrating }
+
+func (r *Rules) passthroughUnsupported() bool {
+	return r.opts.OnUnsupported == config.OnUnsupportedPassthrough
+}
+
+// Mentions reports whether sql may touch a configured table: whether any
+// configured table name appears in it as a word (case-insensitively, in
+// identifiers, quoted identifiers, comments or strings alike). A false
+// answer is exact: the statement cannot touch a configured table. It does
+// not parse and does not allocate.
+func (r *Rules) Mentions(sql string) bool {
+	if len(r.names) == 0 {
+		return false
+	}
+	var buf [64]byte
+	max := r.maxName
+	if max > len(buf) {
+		max = len(buf)
+	}
+	for i := 0; i < len(sql); i++ {
+		c := sql[i]
+		if !isIdentStart(c) {
+			continue
+		}
+		if i > 0 && isIdentCont(sql[i-1]) {
+			continue
+		}
+		j := i + 1
+		for j < len(sql) && isIdentCont(sql[j]) {
+			j++
+		}
+		// U&"..." identifiers can spell any name with escapes.
+		if (c == 'u' || c == 'U') && j == i+1 && j+1 < len(sql) && sql[j] == '&' && sql[j+1] == '"' {
+			return true
+		}
+		if n := j - i; n <= max {
+			if _, ok := r.names[string(lowerWord(buf[:], sql[i:j]))]; ok {
+				return true
+			}
+		}
+		i = j - 1
+	}
+	if r.maxName > len(buf) {
+		// very long configured names: slow path
+		ls := strings.ToLower(sql)
+		for n := range r.names {
+			if len(n) > len(buf) && strings.Contains(ls, n) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// table finds a configured table by schema ("" = public) and name.
+func (r *Rules) table(schema, name string) *tableRule {
+	if schema == "" {
+		schema = "public"
+	}
+	// avoid allocating the key on the common path
+	for _, t := range r.tables {
+		if t.name == name && t.schema == schema {
+			return t
+		}
+	}
+	return nil
+}
