@@ -371,3 +371,11 @@ func TestLoadAndConfigPath(t *testing.T) {
 		t.Errorf("ConfigPath none = %q", got)
 	}
 }
+
+func TestYAML11Booleans(t *testing.T) {
+	t.Parallel()
+	c := mustParse(t, minimal+"admin_listen: off\nencryption: {sanitize_input: no, audit_logging: off}\n", nil)
+	if c.AdminListen != "" || c.Encryption.Sanitize() || c.Encryption.Audit() {
+		t.Errorf("admin_listen %q sanitize %v audit %v", c.AdminListen, c.Encryption.Sanitize(), c.Encryption.Audit())
+	}
+}
