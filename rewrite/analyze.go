@@ -963,6 +963,7 @@ func (a *analyzer) targets(list []*pg.Node, sc *scope) ([]outCol, bool) {
 				continue
 			}
 			res := a.resolve(sc, f)
+			a.wholeRow(sc, cr)
 			name := rt.Name
 			if name == "" {
 				name = f[len(f)-1]
@@ -1071,6 +1072,28 @@ func lookupIn(r *rte, col string) (colRes, bool) {
 		}
 	}
 	return colRes{}, false
+}
+
+// wholeRow refuses a reference to a whole row of an encrypted table used in
+// an expression (row_to_json(u)): its encrypted fields would not be decrypted.
+func (a *analyzer) wholeRow(sc *scope, cr *pg.ColumnRef) {
+	f := fieldNames(cr)
+	if len(f) != 1 {
+		return
+	}
+	if res := a.resolve(sc, f); res.rte != nil {
+		return
+	}
+	if r := a.findRTE(sc, f); r != nil {
+		if r.table != nil {
+			a.refuseTable(r.table, "a whole-row reference", ReasonFunction, "select the columns by name")
+		}
+		for _, o := range r.outs {
+			if o.enc != nil {
+				a.refuseCol(o.enc, "a whole-row reference", ReasonFunction, "select the columns by name")
+			}
+		}
+	}
 }
 
 func (a *analyzer) resolveRef(sc *scope, cr *pg.ColumnRef) colRes {
@@ -1219,6 +1242,7 @@ func (a *analyzer) expr(n *pg.Node, sc *scope, u use) {
 		if res := a.resolveRef(sc, x.ColumnRef); res.enc != nil {
 			a.refuseCol(res.enc, u.op, u.reason, "")
 		}
+		a.wholeRow(sc, x.ColumnRef)
 	case *pg.Node_ParamRef, *pg.Node_AConst, *pg.Node_SetToDefault:
 	case *pg.Node_AExpr:
 		a.aexpr(x.AExpr, sc)
@@ -1236,9 +1260,15 @@ func (a *analyzer) expr(n *pg.Node, sc *scope, u use) {
 	case *pg.Node_TypeCast:
 		tn := ""
 		if x.TypeCast.TypeName != nil && len(x.TypeCast.TypeName.Names) > 0 {
-			tn = " to " + x.TypeCast.TypeName.Names[len(x.TypeCast.TypeName.Names)-1].GetString_().GetSval()
+			tn = x.TypeCast.TypeName.Names[len(x.TypeCast.TypeName.Names)-1].GetString_().GetSval()
 		}
-		a.expr(x.TypeCast.Arg, sc, use{"a cast" + tn, ReasonFunction})
+		if (tn == "text" || tn == "varchar") && len(x.TypeCast.TypeName.Typmods) == 0 && x.TypeCast.Arg.GetColumnRef() != nil &&
+			(u.reason == ReasonLike || u.reason == ReasonRange || u.reason == ReasonOrderBy || u.reason == ReasonGroupBy || u.reason == ReasonDistinct || strings.HasPrefix(u.op, "function ")) {
+			// col::text LIKE ... is refused as what it is used for
+			a.expr(x.TypeCast.Arg, sc, u)
+			return
+		}
+		a.expr(x.TypeCast.Arg, sc, use{"a cast to " + tn, ReasonFunction})
 	case *pg.Node_SubLink:
 		a.sublink(x.SubLink, sc)
 	case *pg.Node_SelectStmt:
@@ -1395,8 +1425,12 @@ func (a *analyzer) aexpr(x *pg.A_Expr, sc *scope) {
 		case pg.A_Expr_Kind_AEXPR_NULLIF:
 			u = use{"NULLIF", ReasonFunction}
 		}
-		if isRangeOp(op) && (x.Kind == pg.A_Expr_Kind_AEXPR_OP) {
-			u.reason = ReasonRange
+		if x.Kind == pg.A_Expr_Kind_AEXPR_OP {
+			if isRangeOp(op) {
+				u.reason = ReasonRange
+			} else if isRegexOp(op) {
+				u = use{"regular expression match " + op, ReasonLike}
+			}
 		}
 		a.expr(x.Lexpr, sc, u)
 		a.expr(x.Rexpr, sc, u)
@@ -1426,6 +1460,8 @@ func (a *analyzer) aexpr(x *pg.A_Expr, sc *scope) {
 			lk = lkNe
 		case isRangeOp(op):
 			a.refuseCol(enc, "operator "+op, ReasonRange, "")
+		case isRegexOp(op):
+			a.refuseCol(enc, "regular expression match "+op, ReasonLike, "")
 		default:
 			a.refuseCol(enc, "operator "+op, ReasonFunction, "")
 		}
@@ -1573,6 +1609,14 @@ func likeName(k pg.A_Expr_Kind) string {
 		return "SIMILAR TO"
 	}
 	return "LIKE"
+}
+
+func isRegexOp(op string) bool {
+	switch op {
+	case "~", "~*", "!~", "!~*", "~~", "~~*", "!~~", "!~~*":
+		return true
+	}
+	return false
 }
 
 func isRangeOp(op string) bool {
@@ -2321,7 +2365,11 @@ func (a *analyzer) finish() *Plan {
 	for len(inPlace) < a.maxClient {
 		inPlace = append(inPlace, Action{})
 	}
-	for _, e := range edits {
+	// the first encrypted use in analysis order is the one done in place
+	bySeq := make([]edit, len(edits))
+	copy(bySeq, edits)
+	sort.SliceStable(bySeq, func(i, j int) bool { return bySeq[i].seq < bySeq[j].seq })
+	for _, e := range bySeq {
 		for _, pc := range e.pieces {
 			if pc.kind != pParam || pc.act.Op == OpNone {
 				continue

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	pgquery "github.com/pganalyze/pg_query_go/v5"
 	"github.com/pgveil/pgveil/config"
 )
 
@@ -110,3 +111,5 @@ func TestDebugPlan(t *testing.T) {
 		t.Logf("%s\n=> %s\nlits=%v", q, summary(p), lits)
 	}
 }
+
+func parseSQL(s string) (any, error) { return pgquery.Parse(s) }
