@@ -299,11 +299,12 @@ func (b *batch) keyID(r int) string {
 }
 
 // scan reads rows (as selectList lays them out) into a new batch.
-func scanBatch(ti *tableInfo, rows pgx.Rows, capacity int) (*batch, error) {
+func scanBatch(ti *tableInfo, rows pgx.Rows, capacity, sizeHint int) (*batch, error) {
 	defer rows.Close()
 	b := newBatch(ti, capacity)
+	b.arena = make([]byte, 0, sizeHint)
 	type span struct{ off, n int } // n < 0: NULL
-	var spans []span
+	spans := make([]span, 0, capacity*(len(ti.cols)+1))
 	nk := len(ti.key)
 	for rows.Next() {
 		raw := rows.RawValues()
@@ -422,6 +423,7 @@ func (j *Job) runTable(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo, s
 		defer wg.Done()
 		defer close(work)
 		after := lastKey
+		hint := 0
 		for seq := 0; ; seq++ {
 			var rows pgx.Rows
 			var err error
@@ -439,7 +441,7 @@ func (j *Job) runTable(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo, s
 				cancel(fmt.Errorf("pgveil: reading %s: %w", ti.full, err))
 				return
 			}
-			b, err := scanBatch(ti, rows, j.BatchSize)
+			b, err := scanBatch(ti, rows, j.BatchSize, hint)
 			if err != nil {
 				cancel(fmt.Errorf("pgveil: reading %s: %w", ti.full, err))
 				return
@@ -447,6 +449,7 @@ func (j *Job) runTable(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo, s
 			if b.n == 0 {
 				return
 			}
+			hint = len(b.arena) + len(b.arena)/8
 			b.seq = seq
 			if err := lim.wait(ctx, b.n); err != nil {
 				return
@@ -601,6 +604,16 @@ func (j *Job) process(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo, rc
 	backoff := 5 * time.Millisecond
 	for attempt := 0; ; attempt++ {
 		t0 := time.Now()
+		// Room for every new value, so the arena never moves.
+		need := 0
+		for ci := range ti.cols {
+			for _, v := range b.vals[ci] {
+				need += keyring.TokenLen(len(v)) + keyring.BlindIndexLen
+			}
+		}
+		if cap(arena) < need {
+			arena = make([]byte, 0, need)
+		}
 		arena = arena[:0]
 		var opened, undecryptable, sealed, refused int
 		for row := 0; row < b.n; row++ {
@@ -718,7 +731,7 @@ func (j *Job) process(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo, rc
 			r.err = fmt.Errorf("pgveil: reading %s again: %w", ti.full, err)
 			return r
 		}
-		nb, err := scanBatch(ti, rows, len(missed))
+		nb, err := scanBatch(ti, rows, len(missed), 0)
 		if err != nil {
 			r.err = fmt.Errorf("pgveil: reading %s again: %w", ti.full, err)
 			return r

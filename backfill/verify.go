@@ -139,7 +139,7 @@ func (j *Job) verifyTable(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo
 				cancel(fmt.Errorf("pgveil: reading %s: %w", ti.full, err))
 				return
 			}
-			b, err := scanBatch(ti, rows, j.BatchSize)
+			b, err := scanBatch(ti, rows, j.BatchSize, 0)
 			if err != nil {
 				cancel(fmt.Errorf("pgveil: reading %s: %w", ti.full, err))
 				return
