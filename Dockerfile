@@ -15,7 +15,9 @@ ARG DEBIAN_RELEASE=bookworm
 
 FROM golang:${GO_VERSION}-${DEBIAN_RELEASE} AS build
 WORKDIR /src
-ENV CGO_ENABLED=1 GOFLAGS=-trimpath
+# GOTOOLCHAIN=auto: if this image's Go is older than go.mod asks for, the
+# go command fetches the right toolchain instead of failing.
+ENV CGO_ENABLED=1 GOFLAGS=-trimpath GOTOOLCHAIN=auto
 # Dependencies first, so source edits do not re-download modules.
 COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod \

@@ -767,6 +767,27 @@ func TestDockerfile(t *testing.T) {
 	if u, _, _ := strings.Cut(user, ":"); u == "" || u == "0" || u == "root" {
 		t.Errorf("Dockerfile runs as %q, want a non-root USER", user)
 	}
+	// The image is built as `make build` builds: same package, same -X
+	// variables.
+	xvars := regexp.MustCompile(`-X\s*main\.(\w+)=`)
+	setOf := func(s string) []string {
+		var out []string
+		for _, m := range xvars.FindAllStringSubmatch(s, -1) {
+			out = append(out, m[1])
+		}
+		sort.Strings(out)
+		return slices.Compact(out)
+	}
+	if mk, err := os.ReadFile(filepath.Join(repoRoot(t), "Makefile")); err == nil {
+		if !strings.Contains(string(mk), "./cmd/pgveil") {
+			t.Error("Makefile does not build ./cmd/pgveil")
+		}
+		if m, d := setOf(string(mk)), setOf(df); len(m) > 0 && !slices.Equal(m, d) {
+			t.Errorf("Makefile sets -X main.%v but the Dockerfile sets -X main.%v", m, d)
+		}
+	} else {
+		t.Logf("no Makefile to compare the Dockerfile build with: %v", err)
+	}
 	di := strings.Fields(string(readRepoFile(t, ".dockerignore")))
 	sort.Strings(di)
 	for _, want := range []string{".git", ".demo"} {
