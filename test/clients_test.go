@@ -1,0 +1,533 @@
+package test
+
+// Real clients through pgveil: psql, pgbench, a Python application on
+// SQLAlchemy 1.4 + psycopg2, and a Java program on pgjdbc. Each test
+// asserts what the client saw and, through a direct connection, what
+// Postgres stores: tokens that open with the test's keys to the values the
+// client wrote, blind indexes equal to the HMAC of the email, and no
+// plaintext anywhere.
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgveil/pgveil/test/pgtest"
+)
+
+// toolResult is what a client program printed and how it exited.
+type toolResult struct {
+	Stdout, Stderr string
+	Err            error
+}
+
+// runTool runs a client program with a clean environment plus env, in
+// dir, feeding it stdin, and kills it after timeout (a hang through the
+// proxy is a failure, not a stuck test run).
+func runTool(t testing.TB, timeout time.Duration, dir string, env []string, stdin string, name string, args ...string) toolResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = dir
+	cmd.Env = append([]string{"PATH=/usr/bin:/bin", "LC_ALL=C.UTF-8", "LANG=C.UTF-8", "HOME=" + dir, "TZ=UTC", "PGCONNECT_TIMEOUT=10"}, env...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.WaitDelay = 5 * time.Second
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		err = fmt.Errorf("%s did not finish within %v (hang through pgveil?): %w", filepath.Base(name), timeout, err)
+	}
+	return toolResult{Stdout: out.String(), Stderr: errb.String(), Err: err}
+}
+
+// pgBinary finds psql or pgbench: the harness's BinDir, else PATH.
+func pgBinary(t testing.TB, c *pgtest.Cluster, name string) string {
+	t.Helper()
+	if c.BinDir != "" {
+		p := filepath.Join(c.BinDir, name)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	t.Fatalf("%s not found in the PostgreSQL binaries (%q) nor on PATH: install the Debian package postgresql-client (psql) or postgresql-contrib / postgresql (pgbench)", name, c.BinDir)
+	return ""
+}
+
+// storedUser is one users row as Postgres holds it, opened with the test's
+// keys.
+type storedUser struct {
+	ID   int64
+	Name *string // nil: NULL
+}
+
+// openStored asserts that a stored value is a Fernet token under the
+// test's key and returns its plaintext; NULL stays NULL.
+func openStored(t testing.TB, p *testProxy, what string, v *string) *string {
+	t.Helper()
+	if v == nil {
+		return nil
+	}
+	if !strings.HasPrefix(*v, "gAAAAA") {
+		t.Fatalf("%s: stored value is not a Fernet token", what)
+	}
+	plain, _, err := p.Keyring(t).Open(nil, []byte(*v))
+	if err != nil {
+		t.Fatalf("%s: stored token does not open with the test's keys: %v", what, err)
+	}
+	s := string(plain)
+	return &s
+}
+
+// storedUsers reads every users row directly, checks that email and
+// full_name are tokens (or NULL) and email_hash is the blind index of the
+// email, and returns the rows by plaintext email.
+func storedUsers(t testing.TB, p *testProxy) map[string]storedUser {
+	t.Helper()
+	d := p.Direct(t)
+	kr := p.Keyring(t)
+	rows, err := d.Query(context.Background(), "SELECT id, email, email_hash, full_name FROM users ORDER BY id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type raw struct {
+		id          int64
+		e, h, n     *string
+		emailPlain  *string
+		fullNamePln *string
+	}
+	var all []raw
+	for rows.Next() {
+		var r raw
+		if err := rows.Scan(&r.id, &r.e, &r.h, &r.n); err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, r)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]storedUser{}
+	for _, r := range all {
+		email := openStored(t, p, fmt.Sprintf("users.email id %d", r.id), r.e)
+		if email == nil {
+			t.Fatalf("users.email id %d: NULL", r.id)
+		}
+		name := openStored(t, p, fmt.Sprintf("users.full_name id %d", r.id), r.n)
+		if r.h == nil || !hex64.MatchString(*r.h) {
+			t.Fatalf("users.email_hash id %d: %v is not 64 hex", r.id, r.h)
+		}
+		if want := string(kr.BlindIndex(nil, "public.users.email", []byte(*email))); *r.h != want {
+			t.Fatalf("users.email_hash id %d: not the HMAC of the stored email", r.id)
+		}
+		if _, dup := out[*email]; dup {
+			t.Fatalf("users: email of id %d stored twice", r.id)
+		}
+		out[*email] = storedUser{ID: r.id, Name: name}
+	}
+	return out
+}
+
+// storedRows reads id and the given encrypted columns of a table directly,
+// opening every token; rows are in id order.
+func storedRows(t testing.TB, p *testProxy, table string, cols ...string) []storedRow {
+	t.Helper()
+	d := p.Direct(t)
+	q := fmt.Sprintf("SELECT id, user_id, %s FROM %s ORDER BY id", strings.Join(cols, ", "), table)
+	rows, err := d.Query(context.Background(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raws []storedRow
+	for rows.Next() {
+		var r storedRow
+		r.Vals = make([]*string, len(cols))
+		dst := []any{&r.ID, &r.UserID}
+		for i := range cols {
+			dst = append(dst, &r.Vals[i])
+		}
+		if err := rows.Scan(dst...); err != nil {
+			t.Fatal(err)
+		}
+		raws = append(raws, r)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range raws {
+		for i, c := range cols {
+			r.Vals[i] = openStored(t, p, fmt.Sprintf("%s.%s id %d", table, c, r.ID), r.Vals[i])
+		}
+	}
+	return raws
+}
+
+type storedRow struct {
+	ID     int64
+	UserID *int64
+	Vals   []*string
+}
+
+func sp(s string) *string { return &s }
+
+func strOrNull(s *string) string {
+	if s == nil {
+		return "<NULL>"
+	}
+	return strconv.Quote(*s)
+}
+
+// ---------------------------------------------------------------------
+// psql
+
+// psqlArgs are the flags every psql run uses: no psqlrc, unaligned output
+// with '|' between fields, NULL shown as (null), stop at the first error
+// unless the script says otherwise.
+func psqlRun(t testing.TB, p *testProxy, dir, dsn, script string, stopOnError bool) toolResult {
+	t.Helper()
+	psql := pgBinary(t, p.Cluster, "psql")
+	if err := os.WriteFile(filepath.Join(dir, "script.sql"), []byte(script), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"-X", "--no-align", "--field-separator=|", "--pset=null=(null)", "-f", "script.sql", "-d", dsn}
+	if stopOnError {
+		args = append(args, "-v", "ON_ERROR_STOP=1")
+	}
+	return runTool(t, 60*time.Second, dir, nil, "", psql, args...)
+}
+
+// sortedLines sorts the lines of s (for outputs in heap order).
+func sortedLines(s string) string {
+	lines := strings.Split(strings.TrimSuffix(s, "\n"), "\n")
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
+
+// copyText renders a value as COPY's text format does.
+func copyText(v *string) string {
+	if v == nil {
+		return `\N`
+	}
+	r := strings.NewReplacer(`\`, `\\`, "\t", `\t`, "\n", `\n`, "\r", `\r`)
+	return r.Replace(*v)
+}
+
+// copyCSV renders a value as COPY's CSV format does.
+func copyCSV(v *string) string {
+	if v == nil {
+		return ""
+	}
+	s := *v
+	if s == "" || strings.ContainsAny(s, ",\"\n\r") || s == `\.` {
+		return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+	}
+	return s
+}
+
+// TestClientPsqlEncrypted drives psql through pgveil with a script of
+// inline literals, lookups, an UPDATE and every \copy direction and
+// format, and compares psql's output, the files \copy wrote and what
+// Postgres stores with what the script wrote.
+func TestClientPsqlEncrypted(t *testing.T) {
+	p := startProxy(t, proxyOpts{})
+	dir := t.TempDir()
+
+	// Files for \copy ... from 'file'.
+	textFile := "txt1@x.io\tTab\\there \\\\ back\n" +
+		"txt2@x.io\t\\N\n" +
+		"txt3@x.io\tÜnïcödé 😀 日本語\n"
+	csvFile := "csv1@x.io,\"Quote \"\"Q\"\", comma\"\n" +
+		"csv2@x.io,\n" +
+		"csv3@x.io,\"\"\n" +
+		"csv4@x.io,Plain CSV\n"
+	if err := os.WriteFile(filepath.Join(dir, "in.txt"), []byte(textFile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "in.csv"), []byte(csvFile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	script := `INSERT INTO users (email, full_name, age) VALUES
+  ('ann@x.io', 'It''s Ann', 31),
+  ('bob@x.io', E'B\\ob "the" \\\\ builder', 32),
+  ('zoe@x.io', 'Zoë Ångström 日本 🎉', 33),
+  ('empty@x.io', '', 34),
+  ('null@x.io', NULL, 35);
+SELECT email, full_name, age FROM users WHERE email = 'ann@x.io';
+UPDATE users SET full_name = 'Ann O''Neil-Updated' WHERE email = 'ann@x.io';
+SELECT full_name FROM users WHERE email = 'ann@x.io';
+SELECT email, full_name FROM users WHERE email IN ('bob@x.io', 'zoe@x.io', 'nobody@x.io') ORDER BY id;
+SELECT count(*) FROM users WHERE full_name IS NULL;
+SELECT email FROM users WHERE email <> 'ann@x.io' AND full_name IS NOT NULL ORDER BY id;
+\copy users (email, full_name) from stdin
+stdin1@x.io	From stdin
+stdin2@x.io	Back\\slash and 'quote'
+\.
+\copy users (email, full_name) from 'in.txt'
+\copy users (email, full_name) from 'in.csv' with (format csv)
+SELECT full_name FROM users WHERE email = 'txt1@x.io';
+SELECT full_name FROM users WHERE email = 'csv1@x.io';
+\copy (SELECT email, full_name FROM users WHERE email <> 'nobody@x.io' ORDER BY id) to 'out_query.txt'
+\copy users (email, full_name) to 'out_table.csv' with (format csv)
+\copy users (email, full_name) to stdout
+`
+	// What the users table holds afterwards, in id order.
+	type u struct {
+		email string
+		name  *string
+	}
+	want := []u{
+		{"ann@x.io", sp("Ann O'Neil-Updated")},
+		{"bob@x.io", sp(`B\ob "the" \\ builder`)},
+		{"zoe@x.io", sp("Zoë Ångström 日本 🎉")},
+		{"empty@x.io", sp("")},
+		{"null@x.io", nil},
+		{"stdin1@x.io", sp("From stdin")},
+		{"stdin2@x.io", sp(`Back\slash and 'quote'`)},
+		{"txt1@x.io", sp("Tab\there \\ back")},
+		{"txt2@x.io", nil},
+		{"txt3@x.io", sp("Ünïcödé 😀 日本語")},
+		{"csv1@x.io", sp(`Quote "Q", comma`)},
+		{"csv2@x.io", nil},
+		{"csv3@x.io", sp("")},
+		{"csv4@x.io", sp("Plain CSV")},
+	}
+	var stdoutCopy, queryCopy, tableCSV strings.Builder
+	for _, r := range want {
+		fmt.Fprintf(&stdoutCopy, "%s\t%s\n", copyText(&r.email), copyText(r.name))
+		fmt.Fprintf(&tableCSV, "%s,%s\n", copyCSV(&r.email), copyCSV(r.name))
+	}
+	queryCopy.WriteString(stdoutCopy.String())
+	wantOut := `INSERT 0 5
+email|full_name|age
+ann@x.io|It's Ann|31
+(1 row)
+UPDATE 1
+full_name
+Ann O'Neil-Updated
+(1 row)
+email|full_name
+bob@x.io|B\ob "the" \\ builder
+zoe@x.io|Zoë Ångström 日本 🎉
+(2 rows)
+count
+1
+(1 row)
+email
+bob@x.io
+zoe@x.io
+empty@x.io
+(3 rows)
+COPY 2
+COPY 3
+COPY 4
+full_name
+Tab	here \ back
+(1 row)
+full_name
+Quote "Q", comma
+(1 row)
+COPY 14
+COPY 14
+`
+
+	res := psqlRun(t, p, dir, p.DSN(pgtest.TrustUser), script, true)
+	if res.Err != nil {
+		t.Fatalf("psql through pgveil: %v\nstderr:\n%s\nstdout:\n%s", res.Err, res.Stderr, res.Stdout)
+	}
+	if res.Stderr != "" {
+		t.Errorf("psql stderr: %s", res.Stderr)
+	}
+	// psql prints no COPY tag after \copy ... to stdout; a table COPY
+	// comes out in the heap's order (the updated row moved), so it is
+	// compared as a set of lines.
+	gotOut, tableOut, ok := strings.Cut(res.Stdout, "COPY 14\nCOPY 14\n")
+	if !ok || gotOut+"COPY 14\nCOPY 14\n" != wantOut {
+		t.Errorf("psql output differs\n got:\n%s\nwant:\n%s", res.Stdout, wantOut+stdoutCopy.String())
+	}
+	if sortedLines(tableOut) != sortedLines(stdoutCopy.String()) {
+		t.Errorf("\\copy users to stdout differs\n got:\n%s\nwant (any order):\n%s", tableOut, stdoutCopy.String())
+	}
+	for file, wantFile := range map[string]string{"out_query.txt": queryCopy.String(), "out_table.csv": tableCSV.String()} {
+		got, err := os.ReadFile(filepath.Join(dir, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, w := string(got), wantFile
+		if file == "out_table.csv" {
+			g, w = sortedLines(g), sortedLines(w)
+		}
+		if g != w {
+			t.Errorf("\\copy to %s differs\n got:\n%s\nwant:\n%s", file, got, wantFile)
+		}
+	}
+
+	// Storage: exactly these rows, in this order, as tokens with correct
+	// blind indexes.
+	stored := storedUsers(t, p)
+	if len(stored) != len(want) {
+		t.Fatalf("stored %d users, want %d", len(stored), len(want))
+	}
+	var prev int64
+	var planted []string
+	for _, w := range want {
+		s, ok := stored[w.email]
+		if !ok {
+			t.Fatalf("no stored user with email %q (by decrypting every row)", w.email)
+		}
+		if s.ID <= prev {
+			t.Errorf("user %q stored out of order (id %d after %d)", w.email, s.ID, prev)
+		}
+		prev = s.ID
+		if strOrNull(s.Name) != strOrNull(w.name) {
+			t.Errorf("user %q: stored full_name opens to %s, want %s", w.email, strOrNull(s.Name), strOrNull(w.name))
+		}
+		planted = append(planted, w.email)
+		if w.name != nil {
+			planted = append(planted, *w.name)
+		}
+	}
+	// Old value of the UPDATE and fragments of the odd values.
+	planted = append(planted, "It's Ann", "Ångström", "日本語", "Back\\slash", "x.io")
+	assertNoPlaintext(t, p, planted...)
+}
+
+// transparentPsqlScript exercises psql on objects pgveil does not encrypt:
+// a temporary table (so running it twice gives the same output), catalog
+// describe commands, errors, savepoints, \gset, \gexec, \crosstabview,
+// COPY in every direction.
+const transparentPsqlScript = `\pset footer on
+SELECT count(*), min(body), max(body) FROM plain_notes;
+CREATE TEMP TABLE notes (id int PRIMARY KEY, body text, n numeric, at timestamptz, tags text[], j jsonb);
+INSERT INTO notes VALUES (1, 'It''s', 1.5, '2024-01-02 03:04:05+00', '{a,b}', '{"k": [1, 2]}'),
+  (2, E'back\\slash\ttab', NULL, NULL, '{}', 'null'), (3, 'Zoë 日本 🎉', -0.000001, 'infinity', NULL, '{"é": "ü"}');
+SELECT * FROM notes ORDER BY id;
+\copy notes (id, body) from stdin
+10	copied \\ line
+11	\N
+\.
+\copy notes (id, body) from stdin with (format csv)
+12,"csv, ""quoted"""
+\.
+COPY notes TO STDOUT;
+\copy (SELECT id, body FROM notes ORDER BY id) to stdout with (format csv, header)
+SELECT 1/0;
+SELECT * FROM no_such_table;
+BEGIN;
+SAVEPOINT s1;
+INSERT INTO notes (id) VALUES (1);
+ROLLBACK TO SAVEPOINT s1;
+UPDATE notes SET body = body || '!' WHERE id = 1 RETURNING id, body;
+COMMIT;
+SELECT id AS the_id, body AS the_body FROM notes WHERE id = 2 \gset
+\echo :the_id :the_body
+SELECT format('SELECT %s AS gexec_%s', g, g) FROM generate_series(1, 2) g \gexec
+SELECT id % 2 AS parity, id > 10 AS big, count(*) FROM notes GROUP BY 1, 2 ORDER BY 1, 2 \crosstabview
+\d plain_notes
+\d users
+\dt public.*
+\x on
+SELECT * FROM notes WHERE id = 1;
+\x off
+DO $$ BEGIN RAISE NOTICE 'notice from %', 'plpgsql'; END $$;
+SELECT repeat('x', 20000) = repeat('x', 20000) AS long_ok, length(string_agg(md5(g::text), '')) FROM generate_series(1, 5000) g;
+SHOW application_name;
+DROP TABLE notes;
+`
+
+// TestClientPsqlTransparent runs the same psql script through pgveil and
+// directly: stdout and stderr must be identical.
+func TestClientPsqlTransparent(t *testing.T) {
+	p := startProxy(t, proxyOpts{})
+	mustExec(t, p.Direct(t), "INSERT INTO plain_notes (body) SELECT 'note ' || g FROM generate_series(1, 20) g")
+	viaDir, directDir := t.TempDir(), t.TempDir()
+	via := psqlRun(t, p, viaDir, p.DSN(pgtest.TrustUser), transparentPsqlScript, false)
+	direct := psqlRun(t, p, directDir, p.DirectDSN(pgtest.TrustUser), transparentPsqlScript, false)
+	if direct.Err != nil {
+		t.Fatalf("psql direct: %v\n%s", direct.Err, direct.Stderr)
+	}
+	if via.Err != nil {
+		t.Fatalf("psql through pgveil: %v\n%s", via.Err, via.Stderr)
+	}
+	// The script must really have run (guards against both sides failing
+	// the same way).
+	for _, s := range []string{"note 9", "gexec_2", `"k": [1, 2]`, "Table \"public.users\"", "users_email_hash", "long_ok"} {
+		if !strings.Contains(direct.Stdout, s) {
+			t.Fatalf("direct psql output lacks %q:\n%s", s, direct.Stdout)
+		}
+	}
+	for _, s := range []string{"division by zero", "no_such_table", "notice from plpgsql"} {
+		if !strings.Contains(direct.Stderr, s) {
+			t.Fatalf("direct psql stderr lacks %q:\n%s", s, direct.Stderr)
+		}
+	}
+	if via.Stdout != direct.Stdout {
+		t.Errorf("psql stdout through pgveil differs from direct\nvia pgveil:\n%s\ndirect:\n%s", via.Stdout, direct.Stdout)
+	}
+	if via.Stderr != direct.Stderr {
+		t.Errorf("psql stderr through pgveil differs from direct\nvia pgveil:\n%s\ndirect:\n%s", via.Stderr, direct.Stderr)
+	}
+}
+
+var (
+	_ = base64.StdEncoding
+	_ = json.Unmarshal
+	_ = errors.New
+	_ = regexp.MustCompile
+	_ = runtime.GOOS
+	_ = sort.Strings
+	_ = pgx.Identifier{}
+)
+
+// TestClientPsqlCopyCSVFromStdin: psql 15 sends the end-of-data line `\.`
+// inside the COPY data of `\copy ... from stdin` (Postgres accepts it in
+// text and CSV format, in the server's words "end-of-copy marker"). Through
+// pgveil, the CSV case fails with "pgveil: COPY row has fewer fields than
+// its column list" (SQLSTATE 57014): pgveil's CSV splitter treats the
+// marker as a row. The same bytes sent by pgx's CopyFrom fail the same way.
+func TestClientPsqlCopyCSVFromStdin(t *testing.T) {
+	p := startProxy(t, proxyOpts{})
+	dir := t.TempDir()
+	script := "\\copy users (email, full_name) from stdin with (format csv)\n" +
+		"stdincsv@x.io,\"Comma, \"\"inside\"\"\"\n" +
+		"\\.\n" +
+		"SELECT full_name FROM users WHERE email = 'stdincsv@x.io';\n"
+	res := psqlRun(t, p, dir, p.DSN(pgtest.TrustUser), script, true)
+	if res.Err != nil {
+		t.Errorf("psql \\copy from stdin csv through pgveil: %v\n%s", res.Err, res.Stderr)
+	} else if want := "COPY 1\nfull_name\nComma, \"inside\"\n(1 row)\n"; res.Stdout != want {
+		t.Errorf("psql output %q, want %q", res.Stdout, want)
+	}
+	// The same at the protocol level: CopyData ending in "\\.\n".
+	c := p.Conn(t)
+	if _, err := c.PgConn().CopyFrom(context.Background(), strings.NewReader("marker@x.io,after marker\n\\.\n"),
+		"COPY users (email, full_name) FROM STDIN (FORMAT csv)"); err != nil {
+		t.Errorf("COPY FROM STDIN (FORMAT csv) with the end-of-data marker: %v", err)
+	}
+	stored := storedUsers(t, p)
+	for email, name := range map[string]string{"stdincsv@x.io": `Comma, "inside"`, "marker@x.io": "after marker"} {
+		if s, ok := stored[email]; !ok || s.Name == nil || *s.Name != name {
+			t.Errorf("stored user %q: %+v", email, s)
+		}
+	}
+	assertNoPlaintext(t, p, "stdincsv@x.io", "Comma,", "marker@x.io", "after marker")
+}
