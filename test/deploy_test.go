@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -28,10 +29,11 @@ import (
 	"github.com/pgveil/pgveil/config"
 	"github.com/pgveil/pgveil/keyring"
 	"github.com/pgveil/pgveil/proxy"
+	"github.com/pgveil/pgveil/test/pgtest"
 )
 
-// repoRoot is the directory holding go.mod.
-func repoRoot(t *testing.T) string {
+// kitRoot is the directory holding go.mod.
+func kitRoot(t *testing.T) string {
 	t.Helper()
 	dir, err := os.Getwd()
 	if err != nil {
@@ -49,9 +51,9 @@ func repoRoot(t *testing.T) string {
 	}
 }
 
-func readRepoFile(t *testing.T, rel string) []byte {
+func kitFile(t *testing.T, rel string) []byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(repoRoot(t), rel))
+	b, err := os.ReadFile(filepath.Join(kitRoot(t), rel))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +79,7 @@ func promtool(t *testing.T) string {
 func runPromtool(t *testing.T, args ...string) {
 	t.Helper()
 	cmd := exec.Command(promtool(t), args...)
-	cmd.Dir = repoRoot(t)
+	cmd.Dir = kitRoot(t)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -227,7 +229,7 @@ func loadDashboard(t *testing.T) (dashboard, []panel) {
 	var d dashboard
 	// The dashboard has many more fields than this test reads; decode
 	// leniently, but require valid JSON with panels.
-	if err := json.Unmarshal(readRepoFile(t, "deploy/grafana/pgveil.json"), &d); err != nil {
+	if err := json.Unmarshal(kitFile(t, "deploy/grafana/pgveil.json"), &d); err != nil {
 		t.Fatalf("deploy/grafana/pgveil.json: %v", err)
 	}
 	var all []panel
@@ -366,10 +368,10 @@ func TestAlertsUseExportedMetrics(t *testing.T) {
 	t.Parallel()
 	series, _ := exportedSeries(t)
 	var ar alertRules
-	if err := yaml.Unmarshal(readRepoFile(t, "deploy/prometheus/alerts.yaml"), &ar); err != nil {
+	if err := yaml.Unmarshal(kitFile(t, "deploy/prometheus/alerts.yaml"), &ar); err != nil {
 		t.Fatal(err)
 	}
-	runbook := string(readRepoFile(t, "docs/RUNBOOK.md"))
+	runbook := string(kitFile(t, "docs/RUNBOOK.md"))
 	anchors := markdownAnchors(runbook)
 	alerts := map[string]string{}
 	for _, g := range ar.Groups {
@@ -438,10 +440,10 @@ func markdownAnchors(md string) map[string]bool {
 	return anchors
 }
 
-// yamlDocs decodes every document of a YAML file.
-func yamlDocs(t *testing.T, rel string) []map[string]any {
+// kitYAMLDocs decodes every document of a YAML file.
+func kitYAMLDocs(t *testing.T, rel string) []map[string]any {
 	t.Helper()
-	dec := yaml.NewDecoder(bytes.NewReader(readRepoFile(t, rel)))
+	dec := yaml.NewDecoder(bytes.NewReader(kitFile(t, rel)))
 	var docs []map[string]any
 	for {
 		var d map[string]any
@@ -458,8 +460,8 @@ func yamlDocs(t *testing.T, rel string) []map[string]any {
 	}
 }
 
-// dig walks maps and lists: dig(doc, "spec", "template", 0).
-func dig(v any, path ...any) any {
+// kitDig walks maps and lists: kitDig(doc, "spec", "template", 0).
+func kitDig(v any, path ...any) any {
 	for _, p := range path {
 		switch k := p.(type) {
 		case string:
@@ -479,7 +481,7 @@ func dig(v any, path ...any) any {
 	return v
 }
 
-func str(v any) string {
+func kitStr(v any) string {
 	switch x := v.(type) {
 	case string:
 		return x
@@ -493,21 +495,21 @@ func str(v any) string {
 
 func TestKubernetesManifests(t *testing.T) {
 	t.Parallel()
-	dir := filepath.Join(repoRoot(t), "deploy", "kubernetes")
+	dir := filepath.Join(kitRoot(t), "deploy", "kubernetes")
 	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no manifests in deploy/kubernetes (%v)", err)
 	}
 	byKind := map[string][]map[string]any{}
 	for _, f := range files {
-		rel, _ := filepath.Rel(repoRoot(t), f)
-		for _, d := range yamlDocs(t, rel) {
-			kind := str(d["kind"])
-			if str(d["apiVersion"]) == "" || kind == "" {
+		rel, _ := filepath.Rel(kitRoot(t), f)
+		for _, d := range kitYAMLDocs(t, rel) {
+			kind := kitStr(d["kind"])
+			if kitStr(d["apiVersion"]) == "" || kind == "" {
 				t.Errorf("%s: a document without apiVersion or kind", rel)
 				continue
 			}
-			if kind != "Kustomization" && str(dig(d, "metadata", "name")) == "" {
+			if kind != "Kustomization" && kitStr(kitDig(d, "metadata", "name")) == "" {
 				t.Errorf("%s: %s without metadata.name", rel, kind)
 			}
 			byKind[kind] = append(byKind[kind], d)
@@ -515,8 +517,8 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 	// kustomization.yaml lists files that exist.
 	for _, k := range byKind["Kustomization"] {
-		for _, r := range dig(k, "resources").([]any) {
-			if _, err := os.Stat(filepath.Join(dir, str(r))); err != nil {
+		for _, r := range kitDig(k, "resources").([]any) {
+			if _, err := os.Stat(filepath.Join(dir, kitStr(r))); err != nil {
 				t.Errorf("kustomization.yaml: resource %s: %v", r, err)
 			}
 		}
@@ -524,13 +526,13 @@ func TestKubernetesManifests(t *testing.T) {
 
 	secrets := map[string]map[string]any{}
 	for _, s := range byKind["Secret"] {
-		data, _ := dig(s, "stringData").(map[string]any)
-		secrets[str(dig(s, "metadata", "name"))] = data
+		data, _ := kitDig(s, "stringData").(map[string]any)
+		secrets[kitStr(kitDig(s, "metadata", "name"))] = data
 	}
 	configMaps := map[string]map[string]any{}
 	for _, c := range byKind["ConfigMap"] {
-		data, _ := dig(c, "data").(map[string]any)
-		configMaps[str(dig(c, "metadata", "name"))] = data
+		data, _ := kitDig(c, "data").(map[string]any)
+		configMaps[kitStr(kitDig(c, "metadata", "name"))] = data
 	}
 
 	// checkPod checks a pgveil container: keys come from files of a mounted
@@ -539,16 +541,16 @@ func TestKubernetesManifests(t *testing.T) {
 	checkPod := func(where string, podSpec any, c map[string]any) {
 		t.Helper()
 		volumes := map[string]map[string]any{}
-		for _, v := range dig(podSpec, "volumes").([]any) {
-			volumes[str(dig(v, "name"))] = v.(map[string]any)
+		for _, v := range kitDig(podSpec, "volumes").([]any) {
+			volumes[kitStr(kitDig(v, "name"))] = v.(map[string]any)
 		}
 		mounts := map[string]string{} // mountPath -> volume name
-		for _, m := range dig(c, "volumeMounts").([]any) {
-			mounts[str(dig(m, "mountPath"))] = str(dig(m, "name"))
+		for _, m := range kitDig(c, "volumeMounts").([]any) {
+			mounts[kitStr(kitDig(m, "mountPath"))] = kitStr(kitDig(m, "name"))
 		}
 		env := map[string]string{}
-		for _, e := range dig(c, "env").([]any) {
-			env[str(dig(e, "name"))] = str(dig(e, "value"))
+		for _, e := range kitDig(c, "env").([]any) {
+			env[kitStr(kitDig(e, "name"))] = kitStr(kitDig(e, "value"))
 		}
 		for _, name := range []string{"ENCRYPTION_KEY_FILE", "ENCRYPTION_KEY_FALLBACK_FILE", "ENCRYPTION_HASH_KEY_FILE"} {
 			path := env[name]
@@ -557,7 +559,7 @@ func TestKubernetesManifests(t *testing.T) {
 				continue
 			}
 			vol := volumes[mounts[filepath.Dir(path)]]
-			secretName := str(dig(vol, "secret", "secretName"))
+			secretName := kitStr(kitDig(vol, "secret", "secretName"))
 			data, ok := secrets[secretName]
 			if !ok {
 				t.Errorf("%s: %s=%s is not in a mounted Secret of secret.yaml", where, name, path)
@@ -567,24 +569,24 @@ func TestKubernetesManifests(t *testing.T) {
 				t.Errorf("%s: %s=%s: Secret %s has no entry %s", where, name, path, secretName, filepath.Base(path))
 			}
 		}
-		args := dig(c, "args").([]any)
+		args := kitDig(c, "args").([]any)
 		var cfgPath string
 		for i, a := range args {
-			s := str(a)
+			s := kitStr(a)
 			if s == "--config" && i+1 < len(args) {
-				cfgPath = str(args[i+1])
+				cfgPath = kitStr(args[i+1])
 			} else if v, ok := strings.CutPrefix(s, "--config="); ok {
 				cfgPath = v
 			}
 		}
 		vol := volumes[mounts[filepath.Dir(cfgPath)]]
-		cmName := str(dig(vol, "configMap", "name"))
+		cmName := kitStr(kitDig(vol, "configMap", "name"))
 		data, ok := configMaps[cmName]
 		if !ok {
 			t.Errorf("%s: --config %q is not in a mounted ConfigMap", where, cfgPath)
 			return
 		}
-		yml := str(data[filepath.Base(cfgPath)])
+		yml := kitStr(data[filepath.Base(cfgPath)])
 		lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok && v != "" }
 		cfg, err := config.Parse([]byte(yml), cfgPath, lookup)
 		if err != nil {
@@ -599,27 +601,27 @@ func TestKubernetesManifests(t *testing.T) {
 	// The app Deployment runs pgveil as a sidecar with probes on the admin port.
 	var sawSidecar bool
 	for _, d := range byKind["Deployment"] {
-		spec := dig(d, "spec", "template", "spec")
+		spec := kitDig(d, "spec", "template", "spec")
 		var all []any
-		if l, ok := dig(spec, "initContainers").([]any); ok {
+		if l, ok := kitDig(spec, "initContainers").([]any); ok {
 			all = append(all, l...)
 		}
-		all = append(all, dig(spec, "containers").([]any)...)
+		all = append(all, kitDig(spec, "containers").([]any)...)
 		for _, c := range all {
 			c := c.(map[string]any)
-			if !strings.Contains(str(c["image"]), "pgveil") {
+			if !strings.Contains(kitStr(c["image"]), "pgveil") {
 				continue
 			}
 			sawSidecar = true
 			ports := map[string]string{}
-			for _, p := range dig(c, "ports").([]any) {
-				ports[str(dig(p, "name"))] = str(dig(p, "containerPort"))
+			for _, p := range kitDig(c, "ports").([]any) {
+				ports[kitStr(kitDig(p, "name"))] = kitStr(kitDig(p, "containerPort"))
 			}
 			for probe, path := range map[string]string{"readinessProbe": "/readyz", "livenessProbe": "/healthz"} {
-				if got := str(dig(c, probe, "httpGet", "path")); got != path {
+				if got := kitStr(kitDig(c, probe, "httpGet", "path")); got != path {
 					t.Errorf("pgveil sidecar %s path %q, want %s", probe, got, path)
 				}
-				port := str(dig(c, probe, "httpGet", "port"))
+				port := kitStr(kitDig(c, probe, "httpGet", "port"))
 				if p, ok := ports[port]; ok {
 					port = p
 				}
@@ -627,13 +629,13 @@ func TestKubernetesManifests(t *testing.T) {
 					t.Errorf("pgveil sidecar %s port %s, want the admin port 9187", probe, port)
 				}
 			}
-			if _, isInit := c["restartPolicy"]; isInit && str(c["restartPolicy"]) != "Always" {
+			if _, isInit := c["restartPolicy"]; isInit && kitStr(c["restartPolicy"]) != "Always" {
 				t.Errorf("pgveil as an init container must have restartPolicy: Always (native sidecar)")
 			}
-			checkPod("Deployment "+str(dig(d, "metadata", "name")), spec, c)
+			checkPod("Deployment "+kitStr(kitDig(d, "metadata", "name")), spec, c)
 		}
-		if str(dig(spec, "terminationGracePeriodSeconds")) != "" {
-			if g, _ := strconv.Atoi(str(dig(spec, "terminationGracePeriodSeconds"))); g <= 30 {
+		if kitStr(kitDig(spec, "terminationGracePeriodSeconds")) != "" {
+			if g, _ := strconv.Atoi(kitStr(kitDig(spec, "terminationGracePeriodSeconds"))); g <= 30 {
 				t.Errorf("terminationGracePeriodSeconds %d leaves no room for the 30s drain", g)
 			}
 		}
@@ -651,19 +653,19 @@ func TestKubernetesManifests(t *testing.T) {
 		"--batch-size": true, "--workers": true, "--max-rate": true, "--max-failures": true,
 		"--verbose": true, "--shard": true}
 	for _, j := range jobs {
-		if str(dig(j, "spec", "completionMode")) != "Indexed" {
-			t.Errorf("Job %s: completionMode must be Indexed", str(dig(j, "metadata", "name")))
+		if kitStr(kitDig(j, "spec", "completionMode")) != "Indexed" {
+			t.Errorf("Job %s: completionMode must be Indexed", kitStr(kitDig(j, "metadata", "name")))
 		}
-		completions := str(dig(j, "spec", "completions"))
-		spec := dig(j, "spec", "template", "spec")
-		c := dig(spec, "containers", 0).(map[string]any)
-		args := dig(c, "args").([]any)
-		if len(args) == 0 || str(args[0]) != "backfill" {
+		completions := kitStr(kitDig(j, "spec", "completions"))
+		spec := kitDig(j, "spec", "template", "spec")
+		c := kitDig(spec, "containers", 0).(map[string]any)
+		args := kitDig(c, "args").([]any)
+		if len(args) == 0 || kitStr(args[0]) != "backfill" {
 			t.Errorf("backfill Job runs %v, want pgveil backfill", args)
 		}
 		var shard string
 		for _, a := range args[1:] {
-			flag, val, _ := strings.Cut(str(a), "=")
+			flag, val, _ := strings.Cut(kitStr(a), "=")
 			if !known[flag] {
 				t.Errorf("backfill Job: unknown flag %s", flag)
 			}
@@ -674,7 +676,7 @@ func TestKubernetesManifests(t *testing.T) {
 		if want := "$(JOB_COMPLETION_INDEX)/" + completions; shard != want {
 			t.Errorf("backfill Job: --shard %q, want %q (N = completions)", shard, want)
 		}
-		if p := str(dig(j, "spec", "parallelism")); p != completions {
+		if p := kitStr(kitDig(j, "spec", "parallelism")); p != completions {
 			t.Errorf("backfill Job: parallelism %s differs from completions %s", p, completions)
 		}
 		checkPod("Job", spec, c)
@@ -683,8 +685,8 @@ func TestKubernetesManifests(t *testing.T) {
 
 func TestComposeFile(t *testing.T) {
 	t.Parallel()
-	root := repoRoot(t)
-	docs := yamlDocs(t, "deploy/compose/docker-compose.yaml")
+	root := kitRoot(t)
+	docs := kitYAMLDocs(t, "deploy/compose/docker-compose.yaml")
 	if len(docs) != 1 {
 		t.Fatalf("docker-compose.yaml: %d documents", len(docs))
 	}
@@ -695,18 +697,18 @@ func TestComposeFile(t *testing.T) {
 		}
 	}
 	pg := services["pgveil"]
-	if ctx := str(dig(pg, "build", "context")); ctx != "../.." {
+	if ctx := kitStr(kitDig(pg, "build", "context")); ctx != "../.." {
 		t.Errorf("pgveil build context %q, want the repository root ../..", ctx)
 	}
-	hc := fmt.Sprint(dig(pg, "healthcheck", "test"))
+	hc := fmt.Sprint(kitDig(pg, "healthcheck", "test"))
 	if !strings.Contains(hc, "/readyz") {
 		t.Errorf("pgveil healthcheck %s should wait for /readyz", hc)
 	}
 	// Bind mounts name files and directories that exist.
 	for name, s := range services {
-		vols, _ := dig(s, "volumes").([]any)
+		vols, _ := kitDig(s, "volumes").([]any)
 		for _, v := range vols {
-			src, _, _ := strings.Cut(str(v), ":")
+			src, _, _ := strings.Cut(kitStr(v), ":")
 			if !strings.HasPrefix(src, ".") {
 				continue // named volume
 			}
@@ -717,8 +719,8 @@ func TestComposeFile(t *testing.T) {
 	}
 	// The config pgveil reads parses, with keys from the *_FILE variables.
 	env := map[string]string{}
-	for k, v := range dig(pg, "environment").(map[string]any) {
-		env[k] = str(v)
+	for k, v := range kitDig(pg, "environment").(map[string]any) {
+		env[k] = kitStr(v)
 	}
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
 	cfg, err := config.Load(filepath.Join(root, "deploy", "compose", "pgveil", "pgveil.yaml"), lookup)
@@ -737,7 +739,7 @@ func TestComposeFile(t *testing.T) {
 
 func TestDockerfile(t *testing.T) {
 	t.Parallel()
-	df := string(readRepoFile(t, "Dockerfile"))
+	df := string(kitFile(t, "Dockerfile"))
 	for _, want := range []string{
 		"CGO_ENABLED=1",
 		"go build -ldflags",
@@ -778,7 +780,7 @@ func TestDockerfile(t *testing.T) {
 		sort.Strings(out)
 		return slices.Compact(out)
 	}
-	if mk, err := os.ReadFile(filepath.Join(repoRoot(t), "Makefile")); err == nil {
+	if mk, err := os.ReadFile(filepath.Join(kitRoot(t), "Makefile")); err == nil {
 		if !strings.Contains(string(mk), "./cmd/pgveil") {
 			t.Error("Makefile does not build ./cmd/pgveil")
 		}
@@ -788,11 +790,134 @@ func TestDockerfile(t *testing.T) {
 	} else {
 		t.Logf("no Makefile to compare the Dockerfile build with: %v", err)
 	}
-	di := strings.Fields(string(readRepoFile(t, ".dockerignore")))
+	di := strings.Fields(string(kitFile(t, ".dockerignore")))
 	sort.Strings(di)
 	for _, want := range []string{".git", ".demo"} {
 		if !slices.Contains(di, want) {
 			t.Errorf(".dockerignore lacks %s", want)
 		}
+	}
+}
+
+// TestDeployDemoScripts runs the Compose demo's pieces without Docker, on the
+// harness's PostgreSQL: the application schema of deploy/compose/initdb,
+// keys made by `pgveil keygen`, `pgveil schema --apply`, pgveil serving
+// deploy/compose/pgveil/pgveil.yaml with the Compose environment, the demo
+// application's psql script (twice: it claims to be re-runnable), what
+// PostgreSQL stores, and `pgveil verify`.
+func TestDeployDemoScripts(t *testing.T) {
+	t.Parallel()
+	c := pgtest.Get(t)
+	bin := pgtest.Pgveil(t)
+	root := kitRoot(t)
+	compose := filepath.Join(root, "deploy", "compose")
+	db := c.NewDB(t)
+	su := c.Superuser(t, db)
+	ctx := ctxT(t)
+	if _, err := su.Exec(ctx, string(kitFile(t, "deploy/compose/initdb/01-app-schema.sql"))); err != nil {
+		t.Fatalf("initdb schema: %v", err)
+	}
+	if _, err := su.Exec(ctx, "GRANT ALL ON ALL TABLES IN SCHEMA public TO "+pgtest.AppRole+"; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO "+pgtest.AppRole); err != nil {
+		t.Fatal(err)
+	}
+
+	// The keys service: pgveil keygen into files, empty fallbacks.
+	dir := t.TempDir()
+	keyDir := filepath.Join(dir, "keys")
+	if err := os.Mkdir(keyDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"encryption_key", "hash_key"} {
+		out, err := exec.Command(bin, "keygen").Output()
+		if err != nil {
+			t.Fatalf("pgveil keygen: %v", err)
+		}
+		if err := os.WriteFile(filepath.Join(keyDir, k), out, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, k := range []string{"encryption_key_fallback", "hash_key_fallback"} {
+		if err := os.WriteFile(filepath.Join(keyDir, k), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The Compose environment of pgveil, with /keys/ moved here and the
+	// database URL pointing at the harness.
+	services, _ := kitYAMLDocs(t, "deploy/compose/docker-compose.yaml")[0]["services"].(map[string]any)
+	env := map[string]string{}
+	for k, v := range kitDig(services, "pgveil", "environment").(map[string]any) {
+		env[k] = strings.Replace(kitStr(v), "/keys/", keyDir+"/", 1)
+	}
+	env["DATABASE_URL"] = c.DSN(pgtest.SuperUser, db)
+	var envList []string
+	for k, v := range env {
+		envList = append(envList, k+"="+v)
+	}
+	cfgText := string(kitFile(t, "deploy/compose/pgveil/pgveil.yaml"))
+	if !strings.Contains(cfgText, "upstream: postgres:5432") {
+		t.Fatal("deploy/compose/pgveil/pgveil.yaml: upstream is not postgres:5432")
+	}
+	cfgText = strings.Replace(cfgText, "upstream: postgres:5432", "upstream: "+c.Addr(), 1)
+	cfgPath := filepath.Join(dir, "pgveil.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfgText), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// The schema service.
+	if r := runTool(t, 2*time.Minute, dir, envList, "", bin, "schema", "--config", cfgPath, "--apply"); r.Err != nil {
+		t.Fatalf("pgveil schema --apply: %v\n%s\n%s", r.Err, r.Stdout, r.Stderr)
+	}
+
+	p := startPgveil(t, c, db, binOpts{yaml: cfgText, env: env, dir: t.TempDir()})
+
+	// The demo service: the app through pgveil (SCRAM, as in Compose).
+	psql := pgBinary(t, c, "psql")
+	appDSN := fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable", pgtest.ScramUser, c.Password(pgtest.ScramUser), p.Addr, db)
+	for run := 1; run <= 2; run++ {
+		r := runTool(t, time.Minute, filepath.Join(compose, "demo"), nil, "", psql, "-X", "-f", "app.sql", "-d", appDSN)
+		if r.Err != nil {
+			t.Fatalf("run %d: psql -f app.sql through pgveil: %v\n%s\n%s", run, r.Err, r.Stdout, r.Stderr)
+		}
+		for _, want := range []string{"alice@example.com", "Alice Example", "Write the report", "Quarterly numbers for the board"} {
+			if !strings.Contains(r.Stdout, want) {
+				t.Errorf("run %d: app.sql output lacks %q:\n%s", run, want, r.Stdout)
+			}
+		}
+		if !strings.Contains(r.Stderr, "0A000") || !strings.Contains(r.Stderr, "pgveil: ") {
+			t.Errorf("run %d: the LIKE query was not refused with 0A000:\n%s", run, r.Stderr)
+		}
+		if strings.Count(r.Stderr, "ERROR") != 1 {
+			t.Errorf("run %d: want exactly one error (the LIKE refusal):\n%s", run, r.Stderr)
+		}
+	}
+
+	// What PostgreSQL stores: tokens and 64-character blind indexes only.
+	r := runTool(t, time.Minute, filepath.Join(compose, "demo"), nil, "", psql,
+		"-X", "--no-align", "--field-separator=|", "-t", "-f", "stored.sql", "-d", c.DSN(pgtest.SuperUser, db))
+	if r.Err != nil {
+		t.Fatalf("psql -f stored.sql: %v\n%s", r.Err, r.Stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(r.Stdout), "\n")
+	var users int
+	for _, l := range lines {
+		f := strings.Split(l, "|")
+		if len(f) == 5 {
+			users++
+			if !strings.HasPrefix(f[1], "gAAAAA") || f[2] != "t" || f[3] != "64" || !strings.HasPrefix(f[4], "gAAAAA") {
+				t.Errorf("stored users row not encrypted: %q", l)
+			}
+		}
+		if strings.Contains(l, "example.com") || strings.Contains(l, "Example") || strings.Contains(l, "report") {
+			t.Errorf("plaintext stored: %q", l)
+		}
+	}
+	if users != 2 {
+		t.Errorf("%d users stored, want 2 (alice, bob; the second run inserts nothing):\n%s", users, r.Stdout)
+	}
+
+	// Everything the demo wrote is a token under the primary key.
+	if r := runTool(t, 2*time.Minute, dir, envList, "", bin, "verify", "--config", cfgPath); r.Err != nil {
+		t.Errorf("pgveil verify after the demo: %v\n%s\n%s", r.Err, r.Stdout, r.Stderr)
 	}
 }
