@@ -268,7 +268,7 @@ func plan(st *tableState, t config.Table) ([]Statement, []Problem) {
 			newName := indexName(st.name, strings.Join(names, "_"), "key")
 			out = append(out, Statement{
 				SQL:        fmt.Sprintf("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS %s ON %s (%s)", quoteIdent(newName), q, strings.Join(cols, ", ")),
-				Why:        fmt.Sprintf("%s on %s.%s moves to its blind index %s", describeIndex(ix), full, c.Column, c.BlindIndex),
+				Why:        fmt.Sprintf("%s on encrypted column %s.%s cannot be enforced on tokens; uniqueness moves to its blind index %s", describeIndex(ix), full, c.Column, c.BlindIndex),
 				Concurrent: true,
 			})
 			if ix.keys[0] == a.num {
@@ -276,10 +276,10 @@ func plan(st *tableState, t config.Table) ([]Statement, []Problem) {
 			}
 			if ix.constraint != "" {
 				out = append(out, Statement{SQL: fmt.Sprintf("ALTER TABLE %s DROP CONSTRAINT %s", q, quoteIdent(ix.constraint)),
-					Why: fmt.Sprintf("constraint %s on %s.%s is replaced by %s", ix.constraint, full, c.Column, newName)})
+					Why: fmt.Sprintf("UNIQUE constraint %s on encrypted column %s.%s is to be dropped once %s enforces uniqueness", ix.constraint, full, c.Column, newName)})
 			} else {
 				out = append(out, Statement{SQL: "DROP INDEX CONCURRENTLY IF EXISTS " + qualified(st.schema, ix.name),
-					Why:        fmt.Sprintf("unique index %s on %s.%s is replaced by %s", ix.name, full, c.Column, newName),
+					Why:        fmt.Sprintf("unique index %s on encrypted column %s.%s is to be dropped once %s enforces uniqueness", ix.name, full, c.Column, newName),
 					Concurrent: true})
 			}
 		}

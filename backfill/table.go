@@ -32,7 +32,7 @@ func (e *SchemaError) Error() string {
 	if e.Column != "" {
 		what = "column " + e.Table + "." + e.Column
 	}
-	return "pgveil: " + what + ": " + e.Reason
+	return "pgveil: " + what + " " + e.Reason
 }
 
 // Hint says how to fix it.
@@ -63,6 +63,15 @@ type tableInfo struct {
 	full    string // schema.name, unquoted, for reports
 	key     []keyCol
 	cols    []dataCol
+}
+
+// displayName is how progress lines name a table: "users" in public,
+// "app.users" elsewhere.
+func displayName(schema, name string) string {
+	if schema == "public" {
+		return name
+	}
+	return schema + "." + name
 }
 
 func quoteIdent(s string) string { return pgx.Identifier{s}.Sanitize() }
@@ -109,7 +118,7 @@ func loadTable(ctx context.Context, q querier, t config.Table) (*tableInfo, erro
 	ti := &tableInfo{
 		cfg:     t,
 		qname:   qualified(schema, name),
-		display: t.Table,
+		display: displayName(schema, name),
 		full:    schema + "." + name,
 	}
 	var oid uint32

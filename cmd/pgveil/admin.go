@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -55,6 +56,7 @@ func (f *fixError) Unwrap() error { return f.err }
 // adminFlags are the flags the admin commands share.
 type adminFlags struct {
 	fs     *flag.FlagSet
+	usage  func()
 	config string
 	dsn    string
 	// data commands
@@ -75,8 +77,16 @@ type adminFlags struct {
 }
 
 func newAdminFlags(name string, e *env) *adminFlags {
-	f := &adminFlags{fs: flag.NewFlagSet("pgveil "+name, flag.ContinueOnError)}
-	f.fs.SetOutput(e.stderr)
+	f := &adminFlags{fs: flag.NewFlagSet(name, flag.ContinueOnError)}
+	// Parse errors are printed once, by parse, with their fix.
+	f.fs.SetOutput(io.Discard)
+	f.fs.Usage = func() {}
+	f.usage = func() {
+		fmt.Fprintf(e.stderr, "usage: pgveil %s [flags]\n", name)
+		f.fs.SetOutput(e.stderr)
+		f.fs.PrintDefaults()
+		f.fs.SetOutput(io.Discard)
+	}
 	f.fs.StringVar(&f.config, "config", "", "configuration file (default $"+config.EnvConfig+")")
 	f.fs.StringVar(&f.dsn, "dsn", "", "PostgreSQL URL to connect to directly, not through the proxy (default $"+envDatabaseURL+")")
 	return f
@@ -103,12 +113,13 @@ func (f *adminFlags) dataFlags(verify bool) {
 func (f *adminFlags) parse(args []string) error {
 	if err := f.fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			f.usage()
 			return err
 		}
-		return &fixError{msg: "pgveil: " + f.fs.Name() + ": " + err.Error(), fix: "run '" + f.fs.Name() + " -h' for its flags"}
+		return &fixError{msg: "pgveil: " + f.fs.Name() + ": " + err.Error(), fix: "run 'pgveil " + f.fs.Name() + " -h' for its flags"}
 	}
 	if f.fs.NArg() > 0 {
-		return &fixError{msg: fmt.Sprintf("pgveil: %s: unexpected argument %q", f.fs.Name(), f.fs.Arg(0)), fix: "flags start with --; run '" + f.fs.Name() + " -h' for them"}
+		return &fixError{msg: fmt.Sprintf("pgveil: %s: unexpected argument %q", f.fs.Name(), f.fs.Arg(0)), fix: "flags start with --; run 'pgveil " + f.fs.Name() + " -h' for them"}
 	}
 	return nil
 }
@@ -121,7 +132,7 @@ func (f *adminFlags) load(e *env) (*config.Config, *keyring.Keyring, error) {
 	}
 	keys, err := keyring.Load(cfg.Keys, e.lookupEnv, e.readFile)
 	if err != nil {
-		return nil, nil, &fixError{msg: strings.TrimSuffix(err.Error(), "."), fix: "generate a key with 'pgveil keygen' and set it as the config's keys say (ENCRYPTION_KEY, ENCRYPTION_HASH_KEY, or their _FILE forms)"}
+		return nil, nil, err // names the variable or file and says to run pgveil keygen
 	}
 	return cfg, keys, nil
 }
