@@ -531,3 +531,206 @@ func TestClientPsqlCopyCSVFromStdin(t *testing.T) {
 	}
 	assertNoPlaintext(t, p, "stdincsv@x.io", "Comma,", "marker@x.io", "after marker")
 }
+
+// ---------------------------------------------------------------------
+// pgbench
+
+var (
+	pgbenchProcessed = regexp.MustCompile(`number of transactions actually processed: (\d+)`)
+	pgbenchFailed    = regexp.MustCompile(`number of failed transactions: (\d+)`)
+)
+
+// pgbenchRun runs pgbench against dsn and returns the transactions it
+// processed, failing the test unless it exited 0 with no error and no
+// failed transaction.
+func pgbenchRun(t testing.TB, p *testProxy, dir string, args ...string) int {
+	t.Helper()
+	bin := pgBinary(t, p.Cluster, "pgbench")
+	res := runTool(t, 90*time.Second, dir, nil, "", bin, append(args, p.DSN(pgtest.TrustUser))...)
+	if res.Err != nil {
+		t.Fatalf("pgbench %s through pgveil: %v\nstderr:\n%s\nstdout:\n%s", strings.Join(args, " "), res.Err, res.Stderr, res.Stdout)
+	}
+	if strings.Contains(strings.ToLower(res.Stderr), "error") {
+		t.Fatalf("pgbench %s through pgveil reported errors:\n%s", strings.Join(args, " "), res.Stderr)
+	}
+	m := pgbenchProcessed.FindStringSubmatch(res.Stdout)
+	if m == nil {
+		t.Fatalf("pgbench %s: no transaction count in its output:\n%s", strings.Join(args, " "), res.Stdout)
+	}
+	n, _ := strconv.Atoi(m[1])
+	if f := pgbenchFailed.FindStringSubmatch(res.Stdout); f != nil && f[1] != "0" {
+		t.Fatalf("pgbench %s: %s failed transactions:\n%s", strings.Join(args, " "), f[1], res.Stdout)
+	}
+	if n <= 0 {
+		t.Fatalf("pgbench %s processed no transaction:\n%s", strings.Join(args, " "), res.Stdout)
+	}
+	return n
+}
+
+var pgbenchModes = []string{"simple", "extended", "prepared"}
+
+// TestClientPgbenchBuiltin initializes pgbench's tables through pgveil and
+// runs the TPC-B-like script in each protocol mode; the balances must add
+// up and the history must hold one row per transaction pgbench counted.
+func TestClientPgbenchBuiltin(t *testing.T) {
+	p := startProxy(t, proxyOpts{})
+	dir := t.TempDir()
+	bin := pgBinary(t, p.Cluster, "pgbench")
+	res := runTool(t, 90*time.Second, dir, nil, "", bin, "-i", "-s", "1", "-q", p.DSN(pgtest.TrustUser))
+	if res.Err != nil {
+		t.Fatalf("pgbench -i through pgveil: %v\n%s", res.Err, res.Stderr)
+	}
+	if !strings.Contains(res.Stderr, "done in") {
+		t.Fatalf("pgbench -i did not finish:\n%s", res.Stderr)
+	}
+	d := p.Direct(t)
+	var accounts int
+	if err := d.QueryRow(context.Background(), "SELECT count(*) FROM pgbench_accounts").Scan(&accounts); err != nil || accounts != 100000 {
+		t.Fatalf("pgbench_accounts after -i through pgveil: %v %d rows, want 100000", err, accounts)
+	}
+	total := 0
+	for _, mode := range pgbenchModes {
+		// -n: no VACUUM and, above all, no TRUNCATE of pgbench_history
+		// between runs, so the history counts every run.
+		n := pgbenchRun(t, p, dir, "-n", "-M", mode, "-T", "3", "-c", "4", "-j", "2")
+		t.Logf("pgbench -M %s: %d transactions", mode, n)
+		total += n
+	}
+	var hist, sumDelta, sumA, sumB, sumT int64
+	err := d.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM pgbench_history), (SELECT coalesce(sum(delta), 0) FROM pgbench_history),
+		(SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(bbalance) FROM pgbench_branches), (SELECT sum(tbalance) FROM pgbench_tellers)`).
+		Scan(&hist, &sumDelta, &sumA, &sumB, &sumT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hist != int64(total) {
+		t.Errorf("pgbench_history has %d rows, pgbench counted %d transactions", hist, total)
+	}
+	if sumA != sumDelta || sumB != sumDelta || sumT != sumDelta {
+		t.Errorf("balances do not add up: history %d accounts %d branches %d tellers %d", sumDelta, sumA, sumB, sumT)
+	}
+}
+
+// pgbenchEncryptedScripts insert a user with encrypted email and full_name
+// (full_name is the random number n, email is bench<n>@x.io), look it up
+// by email and abort the client (SELECT 1/0) unless the row read back
+// through pgveil holds the plaintext. Simple mode substitutes variables as
+// raw text, so its script quotes them itself.
+var pgbenchEncryptedScripts = map[string]string{
+	"simple": `\set n random(1, 1000000000000)
+SELECT quote_literal('bench' || :n || '@x.io') AS qemail \gset
+INSERT INTO users (email, full_name, age) VALUES (:qemail, ':n', 20);
+SELECT id AS uid, full_name AS gotname, email AS gotemail FROM users WHERE email = :qemail \gset
+SELECT (('bench' || :n || '@x.io') = ':gotemail')::int AS same \gset
+\if :gotname != :n
+SELECT 1/0;
+\endif
+\if :same != 1
+SELECT 1/0;
+\endif
+`,
+	"extended": `\set n random(1, 1000000000000)
+SELECT 'bench' || :n::text || '@x.io' AS email \gset
+INSERT INTO users (email, full_name, age) VALUES (:email, :n, 20);
+SELECT id AS uid, full_name AS gotname, email AS gotemail FROM users WHERE email = :email \gset
+SELECT (:gotemail::text = :email::text)::int AS same \gset
+\if :gotname != :n
+SELECT 1/0;
+\endif
+\if :same != 1
+SELECT 1/0;
+\endif
+`,
+}
+
+// TestClientPgbenchEncrypted runs a custom pgbench script on the encrypted
+// users table in each protocol mode, then checks that every stored value
+// is a token of what pgbench wrote. Each mode gets its own pgveil: running
+// the modes one after the other through one pgveil hits the plan-cache
+// collision TestClientPlanCacheLiteralVsParam shows.
+func TestClientPgbenchEncrypted(t *testing.T) {
+	for _, mode := range pgbenchModes {
+		t.Run(mode, func(t *testing.T) {
+			p := startProxy(t, proxyOpts{})
+			dir := t.TempDir()
+			const clients, perClient = 4, 25
+			script := pgbenchEncryptedScripts[mode]
+			if script == "" {
+				script = pgbenchEncryptedScripts["extended"]
+			}
+			if err := os.WriteFile(filepath.Join(dir, "users.sql"), []byte(script), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			n := pgbenchRun(t, p, dir, "-n", "-M", mode, "-f", "users.sql", "-t", strconv.Itoa(perClient), "-c", strconv.Itoa(clients), "-j", "2")
+			if n != clients*perClient {
+				t.Errorf("pgbench -M %s processed %d transactions, want %d", mode, n, clients*perClient)
+			}
+			stored := storedUsers(t, p)
+			if len(stored) != n {
+				t.Fatalf("stored %d users, pgbench inserted %d", len(stored), n)
+			}
+			var planted []string
+			for email, u := range stored {
+				if u.Name == nil || "bench"+*u.Name+"@x.io" != email {
+					t.Fatalf("user id %d: stored full_name %s does not match its email", u.ID, strOrNull(u.Name))
+				}
+				planted = append(planted, email, "bench"+*u.Name)
+			}
+			assertNoPlaintext(t, p, planted...)
+		})
+	}
+}
+
+// TestClientPlanCacheLiteralVsParam: pgveil's plan cache keys a statement
+// by its text with every constant replaced by $(maxParam+1+i)
+// (rewrite.Normalize), so a constant and a real parameter in the same
+// place give the same key. `... VALUES ('a@x.io', '1', 20)` (simple
+// protocol, psql / psycopg2 / pgbench -M simple) and
+// `... VALUES ($1, $2, 20)` (extended, pgbench -M extended) both become
+// `... VALUES ($1, $2, $3)`, and so does the parameter-only statement; the
+// second one to arrive gets the first one's plan and fails with
+// "pgveil: BUG: rewrite: plan slot N does not fit the statement" (XX000).
+func TestClientPlanCacheLiteralVsParam(t *testing.T) {
+	ctx := context.Background()
+	cases := []struct {
+		name  string
+		first string // simple protocol when it has no $n
+		then  string
+		args  []string
+	}{
+		{"insert simple then extended", "INSERT INTO users (email, full_name, age) VALUES ('a@x.io', '1', 20)",
+			"INSERT INTO users (email, full_name, age) VALUES ($1, $2, 20)", []string{"b@x.io", "2"}},
+		{"insert literal then param", "INSERT INTO users (email, full_name) VALUES ($1, '1')",
+			"INSERT INTO users (email, full_name) VALUES ($1, $2)", []string{"d@x.io", "2"}},
+		{"select literal then param", "SELECT id FROM users WHERE email = 'x@x.io' AND age = 3",
+			"SELECT id FROM users WHERE email = $1 AND age = $2", []string{"x@x.io", "3"}},
+	}
+	p := startProxy(t, proxyOpts{})
+	c := p.Conn(t)
+	for i, tc := range cases {
+		var err error
+		if !strings.Contains(tc.first, "$1") {
+			_, err = c.PgConn().Exec(ctx, tc.first).ReadAll()
+		} else {
+			err = c.PgConn().ExecParams(ctx, tc.first, [][]byte{[]byte(fmt.Sprintf("first%d@x.io", i))}, nil, nil, nil).Read().Err
+		}
+		if err != nil {
+			t.Errorf("%s: first statement: %v", tc.name, err)
+		}
+		args := make([][]byte, len(tc.args))
+		for j, a := range tc.args {
+			args[j] = []byte(a)
+		}
+		// Untyped parameters, as pgbench and libpq's PQexecParams send them.
+		if err := c.PgConn().ExecParams(ctx, tc.then, args, nil, nil, nil).Read().Err; err != nil {
+			t.Errorf("%s: %q after %q: %v", tc.name, tc.then, tc.first, err)
+		}
+	}
+	stored := storedUsers(t, p)
+	for _, e := range []string{"a@x.io", "b@x.io", "d@x.io"} {
+		if _, ok := stored[e]; !ok {
+			t.Errorf("user %q not stored", e)
+		}
+	}
+	assertNoPlaintext(t, p, "a@x.io", "b@x.io", "d@x.io", "first1@x.io")
+}
