@@ -30,6 +30,7 @@ type Rules struct {
 	byQName map[string]*tableRule // "schema.table" (as PostgreSQL stores the names)
 	names   map[string]struct{}   // lower-cased table names, for the skip scan
 	maxName int
+	lens    uint64 // bit n set: some configured name has n bytes (n < 64)
 }
 
 type tableRule struct {
@@ -120,6 +121,9 @@ func Compile(tables []config.Table, opts Options) (*Rules, error) {
 		r.tables = append(r.tables, tr)
 		ln := strings.ToLower(name)
 		r.names[ln] = struct{}{}
+		if len(ln) < 64 {
+			r.lens |= 1 << uint(len(ln))
+		}
 		if len(ln) > r.maxName {
 			r.maxName = len(ln)
 		}
@@ -166,7 +170,7 @@ func (r *Rules) Mentions(sql string) bool {
 		if (c == 'u' || c == 'U') && j == i+1 && j+1 < len(sql) && sql[j] == '&' && sql[j+1] == '"' {
 			return true
 		}
-		if n := j - i; n <= max {
+		if n := j - i; n <= max && r.lens&(1<<uint(n)) != 0 {
 			if _, ok := r.names[string(lowerWord(buf[:], sql[i:j]))]; ok {
 				return true
 			}
