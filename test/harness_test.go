@@ -4,8 +4,15 @@ package test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -138,15 +145,9 @@ func TestHarnessTLS(t *testing.T) {
 	}
 
 	// verify-full against a CA that did not sign the server must fail.
-	other, err := pgtest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { other.Stop() })
-	if other.Port == c.Port || other.CAFile == c.CAFile {
-		t.Fatal("two clusters share a port or a CA")
-	}
-	dsn := c.DSN(pgtest.ScramUser, db, "sslmode", "verify-full", "sslrootcert", other.CAFile)
+	foreignCA := filepath.Join(t.TempDir(), "foreign-ca.crt")
+	writeSelfSignedCA(t, foreignCA)
+	dsn := c.DSN(pgtest.ScramUser, db, "sslmode", "verify-full", "sslrootcert", foreignCA)
 	if conn, err := pgx.Connect(ctxT(t), dsn); err == nil {
 		conn.Close(ctxT(t))
 		t.Fatal("verify-full accepted a server certificate from a foreign CA")
@@ -248,5 +249,30 @@ func TestHarnessDatabases(t *testing.T) {
 	ln.Close()
 	if p <= 0 || p == c.Port {
 		t.Fatalf("FreePort = %d (cluster on %d)", p, c.Port)
+	}
+}
+
+// writeSelfSignedCA writes a CA certificate unrelated to the harness CA.
+func writeSelfSignedCA(t *testing.T, path string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "foreign CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
