@@ -5,8 +5,8 @@
 #   docker build -t pgveil:dev --build-arg VERSION=$(git describe --tags --always) \
 #       --build-arg COMMIT=$(git rev-parse HEAD) .
 #
-# The builder runs the same command as `make build` (cgo is required: pg_query
-# compiles PostgreSQL's parser from C). The runtime image is Debian slim
+# The builder runs `make build` (cgo is required: pg_query compiles
+# PostgreSQL's parser from C; the golang image has gcc and make). The runtime image is Debian slim
 # (glibc, as the cgo binary needs), CA certificates for upstream_tls, curl for
 # the HEALTHCHECK, and a non-root user.
 
@@ -17,7 +17,7 @@ FROM golang:${GO_VERSION}-${DEBIAN_RELEASE} AS build
 WORKDIR /src
 # GOTOOLCHAIN=auto: if this image's Go is older than go.mod asks for, the
 # go command fetches the right toolchain instead of failing.
-ENV CGO_ENABLED=1 GOFLAGS=-trimpath GOTOOLCHAIN=auto
+ENV CGO_ENABLED=1 GOTOOLCHAIN=auto
 # Dependencies first, so source edits do not re-download modules.
 COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod \
@@ -25,10 +25,12 @@ RUN --mount=type=cache,target=/go/pkg/mod \
 COPY . .
 ARG VERSION=dev
 ARG COMMIT=unknown
+# Exactly `make build`: go build -ldflags "-X main.version=... -X
+# main.commit=..." -o $(BIN) ./cmd/pgveil. .git is not in the build context,
+# so VERSION and COMMIT come from the build arguments.
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
-    go build -ldflags "-s -w -X main.version=${VERSION} -X main.commit=${COMMIT}" \
-        -o /out/pgveil ./cmd/pgveil \
+    make build BIN=/out/pgveil VERSION="${VERSION}" COMMIT="${COMMIT}" \
     && /out/pgveil version
 
 FROM debian:${DEBIAN_RELEASE}-slim
