@@ -88,28 +88,4 @@ func summary(p *Plan) string {
 	return b.String()
 }
 
-func TestDebugPlan(t *testing.T) {
-	r := mustRules(t, Options{})
-	for _, q := range []string{
-		`SELECT id, email FROM users WHERE email = $1`,
-		`SELECT * FROM users WHERE email = 'a@b.c' AND id > 5 LIMIT 10`,
-		`INSERT INTO users (email, full_name) VALUES ($1, $2) RETURNING id`,
-		`INSERT INTO "users" ("email", "full_name") VALUES ('x@y', 'It''s me'), ('b', NULL)`,
-		`UPDATE users SET email = $1 WHERE email = $1`,
-		`INSERT INTO users (email) VALUES ($1) ON CONFLICT (email) DO UPDATE SET email = EXCLUDED.email`,
-		`SELECT u.id FROM users u JOIN users v ON u.email = v.email WHERE u.email IN ('a', 'b')`,
-		`SELECT email FROM users WHERE email LIKE 'a%'`,
-		`COPY users (email, full_name) FROM STDIN WITH (FORMAT csv)`,
-		`SELECT email FROM users UNION ALL SELECT email FROM users`,
-		`SELECT 1 FROM users WHERE email = ANY($1)`,
-		`SELECT interval '1 day', email FROM users WHERE email = 'x'`,
-	} {
-		p, lits, err := r.Analyze(q)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("%s\n=> %s\nlits=%v", q, summary(p), lits)
-	}
-}
-
 func parseSQL(s string) (any, error) { return pgquery.Parse(s) }
