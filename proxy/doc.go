@@ -1,0 +1,69 @@
+// Package proxy is pgveil's wire-protocol side: it accepts PostgreSQL
+// clients, connects each to its own upstream PostgreSQL connection, and
+// relays the protocol in both directions, applying the rewrite plans and
+// the keyring on the way.
+//
+// # Sessions
+//
+// A Server runs one Session per client connection. Startup is one
+// sequential phase under proxy.startup_timeout: SSLRequest (TLS toward the
+// client when configured; plaintext bytes sent after SSLRequest are
+// refused) and GSSENCRequest ('N'), the StartupMessage (replication
+// refused; 57P03 while draining or in maintenance mode), the upstream
+// connection (upstream_tls), the authentication relay (trust, password,
+// md5, SCRAM-SHA-256; SCRAM-SHA-256-PLUS is removed from the server's
+// offer because channel binding cannot cross a TLS-terminating proxy), and
+// the catalog load (see catalog.go). BackendKeyData passes through: there
+// is one upstream, so a CancelRequest that names a live session is
+// forwarded to it as it came.
+//
+// Then two goroutines run. clientLoop reads the client, plans each
+// statement with rewrite, applies the write side of the plan (tokens, blind
+// indexes, hidden parameters), writes only to PostgreSQL, and pushes one
+// expect entry per message that earns a reply. serverLoop reads
+// PostgreSQL, pops those entries, applies the read side (decrypting the
+// columns RowDescription marks, cutting hidden parameters out of
+// ParameterDescription, dropping replies to pgveil's own messages) and
+// writes only to the client. Either loop ending closes both sockets.
+//
+// # The expect queue
+//
+// expectQueue is the only state both loops share. Each entry says which
+// reply the server owes and carries what serverLoop needs (the statement,
+// portal or plan, never the registry itself). On an ErrorResponse in the
+// extended protocol serverLoop drops every entry up to the next Sync, as
+// PostgreSQL discards the messages up to Sync; in the simple protocol the
+// Query's entry stays until its ReadyForQuery. NoticeResponse,
+// NotificationResponse and ParameterStatus never pop anything.
+//
+// # Refusals and errors
+//
+// A statement pgveil refuses (0A000, 54000, 22021) is not answered by
+// pgveil directly: clientLoop sends PostgreSQL, in its place, a DO block
+// that raises the same SQLSTATE and message (raiseSQL). The error so takes
+// the refused message's place in the reply order, the server discards the
+// rest of the extended batch up to Sync, and inside a transaction block the
+// server's transaction fails exactly as the client sees it fail, so a later
+// COMMIT cannot commit work the client saw fail. A stored value no key
+// opens (XX001) is found by serverLoop while rows stream; it answers with
+// its own ErrorResponse and discards the server's replies up to the next
+// ReadyForQuery, so no wrong row ever reaches the client.
+//
+// # Buffers and flushing
+//
+// Each socket has one 64 KiB read buffer and one write buffer. Frames that
+// need no change are copied from the read buffer to the write buffer
+// without being decoded (large ones stream through); only Query, Parse,
+// Bind, Describe, Execute and Close are looked at on the way in, and
+// RowDescription plus the DataRows of results with encrypted columns on the
+// way out. A loop flushes its write buffer only when its read buffer is
+// empty, i.e. right before it would block: a pipeline or a result set goes
+// out in as few writes as the kernel allows, and nothing waits in a buffer
+// while pgveil waits for input.
+//
+// # COPY
+//
+// COPY FROM STDIN on a configured table is rewritten row by row as the
+// CopyData stream arrives (rows do not align with messages); COPY TO
+// STDOUT rows are decrypted one CopyData at a time. See copy.go.
+package proxy
