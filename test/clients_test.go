@@ -734,3 +734,337 @@ func TestClientPlanCacheLiteralVsParam(t *testing.T) {
 	}
 	assertNoPlaintext(t, p, "a@x.io", "b@x.io", "d@x.io", "first1@x.io")
 }
+
+// ---------------------------------------------------------------------
+// Python: SQLAlchemy 1.4 + psycopg2
+
+// debianPython is Debian's interpreter, which has the Debian packages; the
+// python3 first on PATH may be another one without them.
+const debianPython = "/usr/bin/python3"
+
+type pyUser struct {
+	Email    string  `json:"email"`
+	FullName *string `json:"full_name"`
+	Age      int     `json:"age"`
+}
+
+type pyTask struct {
+	ID          int64   `json:"id"`
+	UserID      int64   `json:"user_id"`
+	Owner       string  `json:"owner,omitempty"`
+	Title       string  `json:"title"`
+	Description *string `json:"description"`
+	Done        bool    `json:"done"`
+}
+
+type pyMessage struct {
+	Owner   string `json:"owner"`
+	Message string `json:"message"`
+}
+
+// requireDebianPython fails (never skips) when Debian's python3 or its
+// SQLAlchemy / psycopg2 packages are missing.
+func requireDebianPython(t testing.TB) {
+	t.Helper()
+	res := runTool(t, 30*time.Second, t.TempDir(), nil, "", debianPython, "-c", "import sqlalchemy, psycopg2; print(sqlalchemy.__version__)")
+	if res.Err != nil {
+		t.Fatalf("%s cannot import sqlalchemy and psycopg2 (%v: %s): install the Debian packages python3-sqlalchemy python3-psycopg2", debianPython, res.Err, strings.TrimSpace(res.Stderr))
+	}
+	if !strings.HasPrefix(res.Stdout, "1.4") {
+		t.Fatalf("%s has SQLAlchemy %s, the test is written for 1.4 (Debian bookworm's python3-sqlalchemy)", debianPython, strings.TrimSpace(res.Stdout))
+	}
+}
+
+// TestClientSQLAlchemy runs test/python/sqlalchemy_app.py through pgveil:
+// signup, login by email, task CRUD, chat history, bulk inserts, a batched
+// UPDATE, an email change, a rolled-back transaction and IN lookups; then
+// checks what it read and what Postgres stores.
+func TestClientSQLAlchemy(t *testing.T) {
+	requireDebianPython(t)
+	p := startProxy(t, proxyOpts{})
+	script, err := filepath.Abs(filepath.Join("python", "sqlalchemy_app.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	users := []pyUser{
+		{"ann@example.com", sp("Ann O'Hara"), 31},
+		{"bob@example.com", sp(`Bob \ "Backslash" \\n`), 42},
+		{"zoë@exämple.com", sp("Zoë Ångström 日本 🎉"), 27},
+		{"empty@example.com", sp(""), 50},
+		{"null@example.com", nil, 60},
+		{"percent@example.com", sp("100% %(name)s %s {0}"), 33},
+	}
+	tasks := []pyTask{
+		{Owner: "ann@example.com", Title: "Buy milk", Description: sp("2 liters, 'organic'")},
+		{Owner: "ann@example.com", Title: "Call Zoë", Description: nil},
+		{Owner: "ann@example.com", Title: `Path C:\temp\new`, Description: sp("multi\nline\ttext")},
+		{Owner: "bob@example.com", Title: "Bob's first", Description: sp("")},
+		{Owner: "bob@example.com", Title: "日本語のタスク", Description: sp("🎉")},
+	}
+	chat := []pyMessage{
+		{"ann@example.com", "Hello, I'm Ann"},
+		{"ann@example.com", `She said "hi" \o/`},
+		{"bob@example.com", "Bob here; DROP TABLE users; --"},
+		{"ann@example.com", "Third message ✓"},
+	}
+	chatMany := []pyMessage{
+		{"zoë@exämple.com", "executemany one"},
+		{"zoë@exämple.com", "executemany two 'quoted'"},
+		{"ann@example.com", "executemany for Ann"},
+	}
+	bulk := func(prefix string, n int) []pyUser {
+		var us []pyUser
+		for i := 0; i < n; i++ {
+			us = append(us, pyUser{fmt.Sprintf("%s%d@bulk.example.com", prefix, i), sp(fmt.Sprintf("Bulk %s #%d — ü", prefix, i)), 20 + i})
+		}
+		return us
+	}
+	addAll, mappings, core := bulk("addall", 3), bulk("mapping", 4), bulk("core", 5)
+	batchUpdate := []pyUser{
+		{Email: core[0].Email, FullName: sp("Batch updated 0 'q'")},
+		{Email: core[3].Email, FullName: sp(`Batch updated 3 \ ;`)},
+	}
+	rollbackEmail, rollbackName, rollbackTask := "rollback@example.com", "Rolled Back Person", "task that never was"
+	inLookup := []string{"ann@example.com", "zoë@exämple.com", "missing@example.com", addAll[1].Email, mappings[2].Email}
+	input := map[string]any{
+		"users":            users,
+		"login":            []string{"ann@example.com", "zoë@exämple.com", "null@example.com", "nobody@example.com"},
+		"tasks":            tasks,
+		"task_owners":      []string{"ann@example.com", "bob@example.com"},
+		"task_update":      map[string]any{"owner": "ann@example.com", "index": 0, "title": "Buy oat milk", "description": "updated — 'twice'"},
+		"task_delete":      1,
+		"chat":             chat,
+		"chat_executemany": chatMany,
+		"chat_owners":      []string{"ann@example.com", "bob@example.com", "zoë@exämple.com"},
+		"bulk_add_all":     addAll,
+		"bulk_mappings":    mappings,
+		"bulk_core":        core,
+		"batch_update":     batchUpdate,
+		"change_email":     map[string]string{"from": "bob@example.com", "to": "robert@example.com"},
+		"rollback":         map[string]string{"email": rollbackEmail, "full_name": rollbackName, "task_title": rollbackTask},
+		"in_lookup":        inLookup,
+	}
+	in, err := json.Marshal(input)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := runTool(t, 60*time.Second, t.TempDir(), []string{"PGVEIL_DSN=" + p.DSN(pgtest.TrustUser), "PYTHONDONTWRITEBYTECODE=1"}, string(in), debianPython, script)
+	if res.Err != nil {
+		t.Fatalf("the SQLAlchemy application failed through pgveil: %v\nstderr:\n%s", res.Err, res.Stderr)
+	}
+	var out struct {
+		SQLAlchemy string           `json:"sqlalchemy"`
+		Signup     map[string]int64 `json:"signup"`
+		Login      map[string]*struct {
+			ID       int64   `json:"id"`
+			Email    string  `json:"email"`
+			FullName *string `json:"full_name"`
+			Age      int     `json:"age"`
+			Count    int     `json:"count"`
+		} `json:"login"`
+		TasksCreated map[string][]pyTask    `json:"tasks_created"`
+		TasksRel     map[string][]string    `json:"tasks_relationship"`
+		TasksJoin    map[string][][]*string `json:"tasks_join"`
+		TaskUpdated  pyTask                 `json:"task_updated"`
+		TasksFinal   map[string][]pyTask    `json:"tasks_final"`
+		Chat         map[string][]string    `json:"chat"`
+		ChatPsycopg2 map[string][]string    `json:"chat_psycopg2"`
+		Psycopg2     []*string              `json:"psycopg2_lookup"`
+		ChangeEmail  struct {
+			New *pyUser `json:"new"`
+			Old *pyUser `json:"old"`
+		} `json:"change_email"`
+		Rollback struct {
+			Seen struct {
+				FullName string   `json:"full_name"`
+				Tasks    []string `json:"tasks"`
+			} `json:"seen"`
+			After int `json:"after"`
+		} `json:"rollback"`
+		InLookup   []string    `json:"in_lookup"`
+		NotInCount int         `json:"not_in_count"`
+		AllUsers   [][]*string `json:"all_users"`
+	}
+	if err := json.Unmarshal([]byte(res.Stdout), &out); err != nil {
+		t.Fatalf("application output is not JSON: %v\n%s\nstderr:\n%s", err, res.Stdout, res.Stderr)
+	}
+	t.Logf("SQLAlchemy %s", out.SQLAlchemy)
+
+	// What the application read.
+	if len(out.Signup) != len(users) {
+		t.Fatalf("signup ids: %v", out.Signup)
+	}
+	for _, e := range []string{"ann@example.com", "zoë@exämple.com", "null@example.com"} {
+		var want pyUser
+		for _, u := range users {
+			if u.Email == e {
+				want = u
+			}
+		}
+		got := out.Login[e]
+		if got == nil || got.ID != out.Signup[e] || got.Email != e || strOrNull(got.FullName) != strOrNull(want.FullName) || got.Age != want.Age || got.Count != 1 {
+			t.Errorf("login %q: got %+v, want id %d name %s", e, got, out.Signup[e], strOrNull(want.FullName))
+		}
+	}
+	if got, ok := out.Login["nobody@example.com"]; !ok || got != nil {
+		t.Errorf("login of an unknown email: %+v", got)
+	}
+	byOwner := map[string][]pyTask{}
+	for _, tk := range tasks {
+		byOwner[tk.Owner] = append(byOwner[tk.Owner], tk)
+	}
+	sameTasks := func(what string, got, want []pyTask) {
+		t.Helper()
+		if len(got) != len(want) {
+			t.Errorf("%s: %d tasks, want %d: %+v", what, len(got), len(want), got)
+			return
+		}
+		for i := range want {
+			if got[i].Title != want[i].Title || strOrNull(got[i].Description) != strOrNull(want[i].Description) || got[i].Done != want[i].Done {
+				t.Errorf("%s[%d]: got %q %s done=%v, want %q %s done=%v", what, i, got[i].Title, strOrNull(got[i].Description), got[i].Done,
+					want[i].Title, strOrNull(want[i].Description), want[i].Done)
+			}
+		}
+	}
+	for owner, want := range byOwner {
+		sameTasks("tasks of "+owner, out.TasksCreated[owner], want)
+		var titles []string
+		for _, tk := range want {
+			titles = append(titles, tk.Title)
+		}
+		if strings.Join(out.TasksRel[owner], "\x00") != strings.Join(titles, "\x00") {
+			t.Errorf("user.tasks of %s: %q, want %q", owner, out.TasksRel[owner], titles)
+		}
+		var name *string
+		for _, u := range users {
+			if u.Email == owner {
+				name = u.FullName
+			}
+		}
+		if len(out.TasksJoin[owner]) != len(want) {
+			t.Errorf("join of %s: %v", owner, out.TasksJoin[owner])
+		}
+		for i, row := range out.TasksJoin[owner] {
+			if len(row) != 2 || row[0] == nil || *row[0] != titles[i] || strOrNull(row[1]) != strOrNull(name) {
+				t.Errorf("join of %s row %d: %v", owner, i, row)
+			}
+		}
+	}
+	// Final tasks: Ann's first updated, her second deleted.
+	finalAnn := []pyTask{{Title: "Buy oat milk", Description: sp("updated — 'twice'"), Done: true}, byOwner["ann@example.com"][2]}
+	sameTasks("updated task", []pyTask{out.TaskUpdated}, finalAnn[:1])
+	sameTasks("final tasks of Ann", out.TasksFinal["ann@example.com"], finalAnn)
+	sameTasks("final tasks of Bob", out.TasksFinal["bob@example.com"], byOwner["bob@example.com"])
+
+	wantChat := map[string][]string{}
+	for _, m := range append(append([]pyMessage{}, chat...), chatMany...) {
+		wantChat[m.Owner] = append(wantChat[m.Owner], m.Message)
+	}
+	for owner, want := range wantChat {
+		if strings.Join(out.Chat[owner], "\x00") != strings.Join(want, "\x00") {
+			t.Errorf("chat of %s (ORM): %q, want %q", owner, out.Chat[owner], want)
+		}
+		if strings.Join(out.ChatPsycopg2[owner], "\x00") != strings.Join(want, "\x00") {
+			t.Errorf("chat of %s (psycopg2): %q, want %q", owner, out.ChatPsycopg2[owner], want)
+		}
+	}
+	if len(out.Psycopg2) != 2 || strOrNull(out.Psycopg2[0]) != strOrNull(&core[0].Email) || strOrNull(out.Psycopg2[1]) != strOrNull(core[0].FullName) {
+		t.Errorf("psycopg2 lookup: %v", out.Psycopg2)
+	}
+	if n := out.ChangeEmail.New; n == nil || n.Email != "robert@example.com" || strOrNull(n.FullName) != strOrNull(users[1].FullName) || out.ChangeEmail.Old != nil {
+		t.Errorf("email change: new %+v old %+v", out.ChangeEmail.New, out.ChangeEmail.Old)
+	}
+	if out.Rollback.Seen.FullName != rollbackName || len(out.Rollback.Seen.Tasks) != 1 || out.Rollback.Seen.Tasks[0] != rollbackTask || out.Rollback.After != 0 {
+		t.Errorf("rolled-back transaction: %+v", out.Rollback)
+	}
+	wantIn := []string{"ann@example.com", "zoë@exämple.com", addAll[1].Email, mappings[2].Email}
+	if strings.Join(out.InLookup, ",") != strings.Join(wantIn, ",") {
+		t.Errorf("IN lookup: %q, want %q", out.InLookup, wantIn)
+	}
+
+	// The final users, in id order.
+	var wantUsers []pyUser
+	for _, u := range users {
+		if u.Email == "bob@example.com" {
+			u.Email = "robert@example.com"
+		}
+		wantUsers = append(wantUsers, u)
+	}
+	wantUsers = append(wantUsers, addAll...)
+	wantUsers = append(wantUsers, mappings...)
+	for _, u := range core {
+		for _, b := range batchUpdate {
+			if b.Email == u.Email {
+				u.FullName = b.FullName
+			}
+		}
+		wantUsers = append(wantUsers, u)
+	}
+	if out.NotInCount != len(wantUsers)-4 {
+		t.Errorf("NOT IN count: %d, want %d", out.NotInCount, len(wantUsers)-4)
+	}
+	if len(out.AllUsers) != len(wantUsers) {
+		t.Fatalf("all users: %d, want %d", len(out.AllUsers), len(wantUsers))
+	}
+	for i, w := range wantUsers {
+		g := out.AllUsers[i]
+		if len(g) != 2 || strOrNull(g[0]) != strOrNull(&w.Email) || strOrNull(g[1]) != strOrNull(w.FullName) {
+			t.Errorf("users[%d]: read %v, want %q %s", i, g, w.Email, strOrNull(w.FullName))
+		}
+	}
+
+	// What Postgres stores.
+	stored := storedUsers(t, p)
+	if len(stored) != len(wantUsers) {
+		t.Errorf("stored %d users, want %d", len(stored), len(wantUsers))
+	}
+	var planted []string
+	for _, w := range wantUsers {
+		s, ok := stored[w.Email]
+		if !ok {
+			t.Errorf("no stored user opens to email %q", w.Email)
+			continue
+		}
+		if strOrNull(s.Name) != strOrNull(w.FullName) {
+			t.Errorf("stored full_name of %q opens to %s, want %s", w.Email, strOrNull(s.Name), strOrNull(w.FullName))
+		}
+		planted = append(planted, w.Email)
+		if w.FullName != nil {
+			planted = append(planted, *w.FullName)
+		}
+	}
+	if _, ok := stored["bob@example.com"]; ok {
+		t.Errorf("the old email is still stored after the change")
+	}
+	gotTasks := storedRows(t, p, "tasks", "title", "description")
+	if len(gotTasks) != 4 {
+		t.Fatalf("stored %d tasks, want 4 (the rolled-back one must not be there)", len(gotTasks))
+	}
+	storedTitles := map[string]*string{}
+	for _, r := range gotTasks {
+		storedTitles[strOrNull(r.Vals[0])] = r.Vals[1]
+	}
+	for _, w := range []pyTask{finalAnn[0], finalAnn[1], byOwner["bob@example.com"][0], byOwner["bob@example.com"][1]} {
+		d, ok := storedTitles[strconv.Quote(w.Title)]
+		if !ok || strOrNull(d) != strOrNull(w.Description) {
+			t.Errorf("stored task %q: ok=%v description %s, want %s", w.Title, ok, strOrNull(d), strOrNull(w.Description))
+		}
+		planted = append(planted, w.Title)
+		if w.Description != nil {
+			planted = append(planted, *w.Description)
+		}
+	}
+	gotChat := storedRows(t, p, "chat_history", "message")
+	if len(gotChat) != len(chat)+len(chatMany) {
+		t.Errorf("stored %d chat messages, want %d", len(gotChat), len(chat)+len(chatMany))
+	}
+	for i, m := range append(append([]pyMessage{}, chat...), chatMany...) {
+		if i < len(gotChat) && (strOrNull(gotChat[i].Vals[0]) != strconv.Quote(m.Message) || gotChat[i].UserID == nil || *gotChat[i].UserID != out.Signup[m.Owner]) {
+			t.Errorf("stored chat message %d: %s (user %v), want %q (user %d)", i, strOrNull(gotChat[i].Vals[0]), gotChat[i].UserID, m.Message, out.Signup[m.Owner])
+		}
+		planted = append(planted, m.Message)
+	}
+	planted = append(planted, "bob@example.com", rollbackEmail, rollbackName, rollbackTask, "Buy milk", "Call Zoë", core[0].Email)
+	assertNoPlaintext(t, p, planted...)
+}
