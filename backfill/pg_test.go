@@ -171,3 +171,155 @@ func deref(v [4]*string) [4]string {
 	}
 	return out
 }
+
+// readBatch reads the first batch of users as a worker would.
+func readBatch(t *testing.T, pool *pgxpool.Pool, ti *tableInfo, n int) *batch {
+	t.Helper()
+	rows, err := pool.Query(ctxT(t), ti.batchQuery(false, Shard{}), n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := scanBatch(ti, rows, n, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestCompareAndSwap changes a row after the batch read it: the write must
+// not overwrite it; the row is read again and its new value encrypted.
+func TestCompareAndSwap(t *testing.T) {
+	pool := testDB(t, 50, "")
+	kr := testKeyring(t)
+	ti, err := loadTable(ctxT(t), pool, usersTable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := readBatch(t, pool, ti, 50)
+	if _, err := pool.Exec(ctxT(t), "UPDATE users SET email = 'changed@example.com' WHERE id = 7"); err != nil {
+		t.Fatal(err)
+	}
+	j := &Job{Op: OpEncrypt, Keys: kr, Sanitize: true}
+	j.defaults()
+	r := j.process(ctxT(t), pool, ti, &rowCodec{op: OpEncrypt, keys: kr, sanitize: true}, b)
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.retries != 1 || r.written != 50 {
+		t.Fatalf("retries %d written %d, want 1 and 50", r.retries, r.written)
+	}
+	var email, hash string
+	if err := pool.QueryRow(ctxT(t), "SELECT email, email_hash FROM users WHERE id = 7").Scan(&email, &hash); err != nil {
+		t.Fatal(err)
+	}
+	p, _, err := kr.Open(nil, []byte(email))
+	if err != nil || string(p) != "changed@example.com" {
+		t.Fatalf("the concurrent update was lost (%v)", err)
+	}
+	if hash != string(kr.BlindIndex(nil, "public.users.email", p)) {
+		t.Fatal("blind index not of the new value")
+	}
+}
+
+// TestLockedRowsAreSkippedNotWaitedOn holds a row lock in an open
+// transaction: the batch writes every other row at once, retries the
+// locked one, and writes it after the transaction commits, without
+// overwriting what that transaction wrote.
+func TestLockedRowsAreSkippedNotWaitedOn(t *testing.T) {
+	pool := testDB(t, 20, "")
+	kr := testKeyring(t)
+	ti, err := loadTable(ctxT(t), pool, usersTable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := readBatch(t, pool, ti, 20)
+	tx, err := pool.Begin(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctxT(t), "SELECT 1 FROM users WHERE id = 3 FOR UPDATE"); err != nil {
+		t.Fatal(err)
+	}
+	j := &Job{Op: OpEncrypt, Keys: kr, Sanitize: true}
+	j.defaults()
+	res := make(chan result, 1)
+	go func() { res <- j.process(ctxT(t), pool, ti, &rowCodec{op: OpEncrypt, keys: kr, sanitize: true}, b) }()
+
+	// The other rows are written while row 3 stays locked.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var n int
+		if err := pool.QueryRow(ctxT(t), "SELECT count(*) FROM users WHERE email LIKE 'gAAAAA%'").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 19 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d rows written while one row was locked, want 19", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case r := <-res:
+		t.Fatalf("batch finished while a row was locked: %+v", r)
+	default:
+	}
+	if _, err := tx.Exec(ctxT(t), "UPDATE users SET email = 'locker@example.com' WHERE id = 3"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	r := <-res
+	if r.err != nil || r.written != 20 || r.retries == 0 {
+		t.Fatalf("written %d retries %d err %v", r.written, r.retries, r.err)
+	}
+	var email string
+	if err := pool.QueryRow(ctxT(t), "SELECT email FROM users WHERE id = 3").Scan(&email); err != nil {
+		t.Fatal(err)
+	}
+	if p, _, err := kr.Open(nil, []byte(email)); err != nil || string(p) != "locker@example.com" {
+		t.Fatalf("the locking transaction's write was lost (%v)", err)
+	}
+}
+
+// TestSchemaPlanIdempotent applies the plan and plans again: nothing left.
+func TestSchemaPlanIdempotent(t *testing.T) {
+	pool := testDB(t, 5, `;ALTER TABLE users ALTER COLUMN full_name TYPE varchar(20); ALTER TABLE users DROP COLUMN email_hash;
+		ALTER TABLE users ADD CONSTRAINT users_email_uniq UNIQUE (email)`)
+	stmts, probs, err := PlanSchema(ctxT(t), pool, []config.Table{usersTable})
+	if err != nil || len(probs) != 0 {
+		t.Fatal(err, probs)
+	}
+	var sqls []string
+	for _, s := range stmts {
+		sqls = append(sqls, s.SQL)
+	}
+	want := []string{
+		`ALTER TABLE "public"."users" ADD COLUMN IF NOT EXISTS "email_hash" text`,
+		`CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "users_email_hash_key" ON "public"."users" ("email_hash")`,
+		`ALTER TABLE "public"."users" DROP CONSTRAINT "users_email_uniq"`,
+		`ALTER TABLE "public"."users" ALTER COLUMN "full_name" TYPE text USING "full_name"::text`,
+	}
+	if strings.Join(sqls, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("plan:\n%s\nwant:\n%s", strings.Join(sqls, "\n"), strings.Join(want, "\n"))
+	}
+	var out bytes.Buffer
+	if err := ApplySchema(ctxT(t), pool, stmts, &out); err != nil {
+		t.Fatal(err)
+	}
+	probs2, err := CheckSchema(ctxT(t), pool, []config.Table{usersTable})
+	if err != nil || len(probs2) != 0 {
+		t.Fatalf("after apply: %v %v", probs2, err)
+	}
+	// An invalid index left by an interrupted CREATE INDEX CONCURRENTLY is
+	// dropped and built again.
+	if _, err := pool.Exec(ctxT(t), "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'users_email_hash_key'::regclass"); err != nil {
+		t.Fatal(err)
+	}
+	stmts, _, err = PlanSchema(ctxT(t), pool, []config.Table{usersTable})
+	if err != nil || len(stmts) != 2 || !strings.HasPrefix(stmts[0].SQL, "DROP INDEX CONCURRENTLY") || stmts[1].SQL != `CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "users_email_hash_key" ON "public"."users" ("email_hash")` {
+		t.Fatalf("invalid index: %+v %v", stmts, err)
+	}
+}

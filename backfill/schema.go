@@ -239,11 +239,23 @@ func plan(st *tableState, t config.Table) ([]Statement, []Problem) {
 		if hok {
 			for _, ix := range st.indexes {
 				if len(ix.keys) > 0 && ix.keys[0] == h.num && !ix.expression && !ix.partial {
-					if ix.valid {
-						hashIndexed = true
-					} else {
-						out = append(out, Statement{SQL: "DROP INDEX CONCURRENTLY IF EXISTS " + qualified(st.schema, ix.name),
-							Why: fmt.Sprintf("index %s on %s.%s is invalid (an interrupted CREATE INDEX CONCURRENTLY)", ix.name, full, c.BlindIndex), Concurrent: true})
+					hashIndexed = true
+					if !ix.valid {
+						// Left by an interrupted CREATE INDEX CONCURRENTLY:
+						// build it again, as it was meant to be.
+						why := fmt.Sprintf("index %s on %s.%s is invalid (an interrupted CREATE INDEX CONCURRENTLY)", ix.name, full, c.BlindIndex)
+						cols := make([]string, len(ix.keys))
+						for i, k := range ix.keys {
+							cols[i] = quoteIdent(st.byNum[k])
+						}
+						unique := ""
+						if ix.unique {
+							unique = "UNIQUE "
+						}
+						out = append(out,
+							Statement{SQL: "DROP INDEX CONCURRENTLY IF EXISTS " + qualified(st.schema, ix.name), Why: why, Concurrent: true},
+							Statement{SQL: fmt.Sprintf("CREATE %sINDEX CONCURRENTLY IF NOT EXISTS %s ON %s (%s)", unique, quoteIdent(ix.name), q, strings.Join(cols, ", ")),
+								Why: why, Concurrent: true})
 					}
 				}
 			}
