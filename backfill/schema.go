@@ -364,18 +364,24 @@ func WriteStatements(w io.Writer, stmts []Statement) {
 
 // ApplySchema runs stmts in order, each on its own (CONCURRENTLY ones
 // cannot run in a transaction), printing each before it runs. ALTER TABLE
-// waits at most lockTimeout for its lock, so it never queues the
-// application behind it for long; rerun to retry.
+// waits at most 5 s for its lock, so it never queues the application
+// behind it for long; rerun to retry.
 func ApplySchema(ctx context.Context, pool *pgxpool.Pool, stmts []Statement, w io.Writer) error {
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Release()
-	if _, err := conn.Exec(ctx, "SET lock_timeout = '5s'"); err != nil {
-		return err
-	}
 	for _, s := range stmts {
+		// CONCURRENTLY waits for older transactions without blocking
+		// anyone, so it may wait as long as it needs.
+		timeout := "SET lock_timeout = '5s'"
+		if s.Concurrent {
+			timeout = "SET lock_timeout = 0"
+		}
+		if _, err := conn.Exec(ctx, timeout); err != nil {
+			return err
+		}
 		fmt.Fprintf(w, "%s;\n", s.SQL)
 		if _, err := conn.Exec(ctx, s.SQL); err != nil {
 			return fmt.Errorf("pgveil: %s: %w", s.Why, err)
