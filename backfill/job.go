@@ -26,6 +26,8 @@ const (
 	OpReencrypt Op = "reencrypt" // pgveil reencrypt: tokens of fallback keys to the primary key
 	OpRehash    Op = "rehash"    // pgveil rehash: blind indexes under the current hash key
 	OpDecrypt   Op = "decrypt"   // pgveil decrypt: tokens back to plaintext, blind indexes emptied
+
+	opVerify Op = "verify" // classify only (Job.Verify)
 )
 
 // verb is how summaries say what happened to a value.

@@ -165,7 +165,7 @@ func (j *Job) verifyTable(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rc := &rowCodec{op: OpEncrypt, keys: j.Keys, maxSize: j.MaxSize, sanitize: j.Sanitize}
+			rc := &rowCodec{op: opVerify, keys: j.Keys, maxSize: j.MaxSize, sanitize: j.Sanitize}
 			var c cell
 			var arena []byte
 			for b := range work {
@@ -173,8 +173,6 @@ func (j *Job) verifyTable(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo
 				for ci, col := range ti.cols {
 					cr := part[ci]
 					for row := 0; row < b.n; row++ {
-						// OpEncrypt's evaluation classifies; what it would
-						// write is dropped.
 						arena = rc.eval(&c, col.domain, b.vals[ci][row], b.hash[ci][row], arena[:0])
 						cr.Rows++
 						switch c.class {
