@@ -74,6 +74,7 @@ FACTS=$WORK/facts         # key<TAB>value
 : >"$RESULTS"
 : >"$FACTS"
 START_EPOCH=$(date +%s)
+printf 'loadavg_start\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$FACTS"
 
 PIDS_TO_KILL=()
 PG_STARTED=""
@@ -245,7 +246,10 @@ write_config "$WORK/pgveil.yaml" "$PGVEIL_PORT"
 PGVEIL_STARTS=0
 start_pgveil() {
 	PGVEIL_STARTS=$((PGVEIL_STARTS + 1))
-	"$PGVEIL" serve --config "$WORK/pgveil.yaml" >"$WORK/pgveil-$PGVEIL_STARTS.log" 2>&1 &
+	# Its own session, as PgBouncer (a daemon) and Postgres (pg_ctl) have:
+	# with the kernel's autogroup scheduling each session gets an equal CPU
+	# share, so pgveil does not share one with the pgbench clients.
+	setsid "$PGVEIL" serve --config "$WORK/pgveil.yaml" >"$WORK/pgveil-$PGVEIL_STARTS.log" 2>&1 &
 	PGVEIL_PID=$!
 	for _ in $(seq 100); do
 		if "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$PGVEIL_PORT" -d "$ADMIN_DB" -Atc "SELECT 1" >/dev/null 2>&1; then
@@ -341,6 +345,27 @@ run_pgbench() {
 	log "  $section $group $target round $round: tps $tps, tx $tx, proxy cpu ticks $cpu"
 }
 
+# profile PID NAME TITLE COMMAND...: run COMMAND while perf samples PID (the
+# run is not counted in the results) and summarise where PID's CPU went.
+PERF_OK=""
+if command -v perf >/dev/null && perf record -q -o "$WORK/perf-probe.data" -- true >/dev/null 2>&1; then
+	PERF_OK=1
+fi
+profile() {
+	local pid=$1 name=$2 title=$3
+	shift 3
+	[ -n "$PERF_OK" ] || return 0
+	perf record -q -F 999 -g -p "$pid" -o "$WORK/perf-$name.data" >/dev/null 2>&1 &
+	local perf_pid=$!
+	sleep 1
+	"$@" >"$WORK/profile-$name.log" 2>&1 || true
+	kill -INT "$perf_pid" 2>/dev/null || true
+	wait "$perf_pid" 2>/dev/null || true
+	perf report -i "$WORK/perf-$name.data" --children --sort symbol -g none --stdio >"$WORK/perf-$name.txt" 2>/dev/null || true
+	"$PYTHON" scripts/bench/perf_summary.py "$WORK/perf-$name.txt" "$title" >"$WORK/profile-$name.md" || true
+	rm -f "$WORK/perf-$name.data"
+}
+
 # ---------------------------------------------------------------------------
 # 2. pgbench -S: direct, PgBouncer, pgveil, interleaved
 
@@ -354,12 +379,26 @@ for round in $(seq "$ROUNDS"); do
 	done
 done
 
+if [ -n "$PERF_OK" ]; then
+	log "profiling pgveil and PgBouncer under pgbench -S -M extended (not counted)"
+	profile "$PGVEIL_PID" select-pgveil "pgveil, pgbench -S -M extended" \
+		"$PGBIN/pgbench" -n -h 127.0.0.1 -p "$PGVEIL_PORT" -S -c "$CLIENTS" -j "$THREADS" -T 5 -M extended "$DB_PGBENCH"
+	profile "$BOUNCER_PID" select-pgbouncer "PgBouncer, pgbench -S -M extended" \
+		"$PGBIN/pgbench" -n -h 127.0.0.1 -p "$BOUNCER_PORT" -S -c "$CLIENTS" -j "$THREADS" -T 5 -M extended "$DB_PGBENCH"
+fi
+
 # ---------------------------------------------------------------------------
 # 3. Encrypted OLTP: pgveil + encrypted schema vs PgBouncer + plaintext schema
 
 log "encrypted OLTP, $OLTP_DURATION s per run, $ROUNDS rounds"
-for round in $(seq "$ROUNDS"); do
-	for mode in simple prepared; do
+# pgveil starts each protocol mode's block fresh, with an empty plan cache:
+# the simple-protocol statements, their literals normalized to $n, must not
+# meet the prepared ones in the cache (the probe below records whether they
+# can).
+for mode in simple prepared; do
+	stop_pgveil
+	start_pgveil
+	for round in $(seq "$ROUNDS"); do
 		for script in lookup insert; do
 			args=(-c "$CLIENTS" -j "$THREADS" -T "$OLTP_DURATION" -M "$mode" -D "users=$OLTP_USERS" -f "scripts/bench/${script}_$mode.sql")
 			run_pgbench oltp "$script/$mode" pgbouncer "$round" "$BOUNCER_PORT" "$DB_PLAIN" "$BOUNCER_PID" "${args[@]}"
@@ -367,6 +406,20 @@ for round in $(seq "$ROUNDS"); do
 		done
 	done
 done
+
+# Probe: the same lookup through one pgveil, first with an inlined literal
+# (simple protocol), then as a prepared statement, then inlined again.
+stop_pgveil
+start_pgveil
+probe="ok: both forms answered, in either order"
+for mode in simple prepared simple; do
+	if ! "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$PGVEIL_PORT" -M "$mode" -t 1 -c 1 -D "users=$OLTP_USERS" \
+		-f "scripts/bench/lookup_$mode.sql" "$DB_ENC" >"$WORK/probe.log" 2>&1 || grep -q aborted "$WORK/probe.log"; then
+		probe="failed: the $mode-protocol lookup after the other form: $(grep -m1 'ERROR' "$WORK/probe.log" | sed 's/.*ERROR: *//' | cut -c1-200)"
+		break
+	fi
+done
+fact oltp_mixed_probe "$probe"
 
 # ---------------------------------------------------------------------------
 # Memory with idle clients (a fresh pgveil)
@@ -421,6 +474,7 @@ fact bulk_plain_sample "$(grep -c 'prepare the quarterly report' "$WORK/bulk.out
 rm -f "$WORK/bulk.out"
 fact bulk_hwm_kb "$(status_kb "$PGVEIL_PID" VmHWM)"
 fact bulk_rss_end_kb "$(status_kb "$PGVEIL_PID" VmRSS)"
+profile "$PGVEIL_PID" bulk-pgveil "pgveil, bulk read" psql_veil "$DB_ENC" -At -c "$BULK_SQL" -o /dev/null
 
 # ---------------------------------------------------------------------------
 # 5. Backfill vs the database's own UPDATE
@@ -494,6 +548,6 @@ fact threads "$THREADS"
 fact scale "$SCALE"
 
 mkdir -p "$(dirname "$OUT")"
-"$PYTHON" scripts/bench/report.py "$RESULTS" "$FACTS" >"$OUT.tmp"
+"$PYTHON" scripts/bench/report.py "$RESULTS" "$FACTS" "$WORK" >"$OUT.tmp"
 mv "$OUT.tmp" "$OUT"
 log "wrote $OUT ($(($(date +%s) - START_EPOCH)) s)"

@@ -1,13 +1,15 @@
 #!/usr/bin/python3
 """Render docs/BENCHMARKS.md from the files scripts/bench.sh collects.
 
-Usage: report.py RESULTS FACTS > docs/BENCHMARKS.md
+Usage: report.py RESULTS FACTS [WORKDIR] > docs/BENCHMARKS.md
 
 RESULTS: tab-separated lines "section group target round tps tx cpu_ticks"
 (for section "bulk": "bulk read target round seconds rows cpu_ticks").
-A run that failed has tps "failed". FACTS: "key<TAB>value" lines.
+A run that failed has tps "failed". FACTS: "key<TAB>value" lines. WORKDIR
+may hold profile-*.md fragments (scripts/bench/perf_summary.py).
 Standard library only.
 """
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -74,6 +76,7 @@ def verdict(ok):
 
 def main():
     results_path, facts_path = sys.argv[1:3]
+    workdir = sys.argv[3] if len(sys.argv) > 3 else None
     facts = {}
     with open(facts_path) as f:
         for line in f:
@@ -119,9 +122,22 @@ def main():
     for label, key in [("CPUs (nproc)", "nproc"), ("CPU model", "cpu_model"), ("RAM", "mem_total"),
                        ("Kernel", "kernel"), ("PostgreSQL", "pg_version"), ("Postgres setup", "pg_source"),
                        ("PgBouncer", "pgbouncer_version"), ("Go", "go_version"),
+                       ("Load average (1/5/15 min) at the start", "loadavg_start"),
                        ("Load average at the end", "loadavg_end")]:
         out.append(f"| {label} | {facts.get(key, '?')} |")
     out.append("")
+    try:
+        load = float(facts.get("loadavg_start", "0").split()[0])
+        cpus = int(facts.get("nproc", "1"))
+    except ValueError:
+        load, cpus = 0.0, 1
+    if load > cpus:
+        out.append(
+            f"**The machine was busy with other work during this run** (load average {load:.1f} on {cpus} "
+            "CPUs at the start): every figure below is lower than on an idle machine, and throughput "
+            "ratios depend on how the kernel shared the CPUs out. The comparisons are within one run "
+            "and interleaved, and the CPU time per transaction is the figure least disturbed by the "
+            "other work.\n")
     out.append(
         f"pgbench: `-c {facts.get('clients')} -j {facts.get('threads')}`, scale {facts.get('scale')}, "
         f"{facts.get('rounds')} interleaved rounds; PgBouncer `pool_mode = session`; pgveil with the "
@@ -204,6 +220,9 @@ def main():
                    f"| {fmt(us_per_tx(('oltp', group, 'pgbouncer')), 1)} | {fmt(us_per_tx(('oltp', group, 'pgveil')), 1)} "
                    f"| {per_round(('oltp', group, 'pgbouncer'))}; {per_round(('oltp', group, 'pgveil'))} |")
     out.append("")
+    out.append("pgveil is restarted before each protocol mode's block, so each starts with an empty plan "
+               "cache. After the block, one pgveil serves the lookup as an inlined literal, then as a "
+               f"prepared statement, then inlined again: **{facts.get('oltp_mixed_probe', 'not run')}**.\n")
     errs = [(k, v) for k, v in facts.items() if k.startswith("error_")]
     if errs:
         out.append("Failed runs (first error line of each):\n")
@@ -252,6 +271,25 @@ def main():
     out.append(f"Average stored lengths (email/full_name/phone) after the UPDATE: {facts.get('update_avg_len', '?')}; "
                f"after the backfill: {facts.get('backfill_avg_len', '?')}. Rows holding tokens in all three "
                f"columns and a 64-character blind index after the backfill: {facts.get('backfill_check', '?')}.\n")
+
+    # -- profiles ------------------------------------------------------------
+    frags = []
+    if workdir:
+        for name in ("select-pgveil", "select-pgbouncer", "bulk-pgveil"):
+            fp = os.path.join(workdir, f"profile-{name}.md")
+            if os.path.exists(fp):
+                with open(fp) as f:
+                    text = f.read().strip()
+                if text:
+                    frags.append(text)
+    if frags:
+        out.append("## Where the CPU goes (perf, this run)\n")
+        out.append("`perf record -g` on the proxy process during one extra `pgbench -S -M extended` run each "
+                   "(not counted above) and during one extra bulk read. On loopback a sender's `write` also "
+                   "runs the kernel's receive path for its peer, so both proxies pay for TCP twice per "
+                   "message; what differs is the rest.\n")
+        for text in frags:
+            out.append(text + "\n")
 
     # -- targets -------------------------------------------------------------
     out.append("## Targets\n")
