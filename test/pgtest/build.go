@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"sync"
 	"testing"
 )
@@ -29,6 +30,9 @@ func Pgveil(t testing.TB) string {
 			buildErr = fmt.Errorf("pgtest: %w", err)
 			return
 		}
+		// owner.pid lets a later run remove the directory if this test
+		// binary dies before Main cleans up.
+		os.WriteFile(filepath.Join(dir, "owner.pid"), []byte(strconv.Itoa(os.Getpid())), 0o644)
 		bin := filepath.Join(dir, "pgveil")
 		args := []string{"build", "-o", bin}
 		if raceEnabled {

@@ -680,8 +680,12 @@ func sweepStale() {
 		}
 		if pm, err := os.ReadFile(filepath.Join(d, "data", "postmaster.pid")); err == nil {
 			line, _, _ := bytes.Cut(pm, []byte("\n"))
+			// Only if that pid is still this directory's postmaster.
 			if ppid, err := strconv.Atoi(string(line)); err == nil && ppid > 0 {
-				syscall.Kill(ppid, syscall.SIGQUIT)
+				if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", ppid)); err == nil &&
+					bytes.Contains(cmdline, []byte(filepath.Join(d, "data"))) {
+					syscall.Kill(ppid, syscall.SIGQUIT)
+				}
 			}
 		}
 		os.RemoveAll(d)
