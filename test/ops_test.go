@@ -883,6 +883,8 @@ func testDrainOpenTransaction(t *testing.T) {
 		t.Errorf("a new connection was accepted while draining")
 	} else if st := sqlState(err); st != "57P03" && !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("new connection while draining: %v, want SQLSTATE 57P03 or connection refused", err)
+	} else {
+		t.Logf("new connection while draining: refused (%v)", err)
 	}
 
 	// The open transaction carries on and commits.
@@ -1124,8 +1126,11 @@ func testMetrics(t *testing.T) {
 	if d := m2.must(t, "pgveil_decryptions_total", "key", fp) - m1.must(t, "pgveil_decryptions_total", "key", fp); d < 2*n {
 		t.Errorf("pgveil_decryptions_total{key=%s} grew by %v, want at least %d", fp, d, 2*n)
 	}
-	if d := m2.must(t, "pgveil_queries_total", "outcome", "rewritten") - m0.must(t, "pgveil_queries_total", "outcome", "rewritten"); d < n+1 {
-		t.Errorf("pgveil_queries_total{outcome=rewritten} grew by %v, want at least %d", d, n+1)
+	if d := m1.must(t, "pgveil_queries_total", "outcome", "rewritten") - m0.must(t, "pgveil_queries_total", "outcome", "rewritten"); d < n {
+		t.Errorf("pgveil_queries_total{outcome=rewritten} grew by %v after %d executions of one INSERT pgx prepared once, want %d (one per statement executed, not per Parse)", d, n, n)
+	}
+	if d := m2.must(t, "pgveil_queries_total", "outcome", "rewritten") - m1.must(t, "pgveil_queries_total", "outcome", "rewritten"); d < 1 {
+		t.Errorf("pgveil_queries_total{outcome=rewritten} grew by %v after a SELECT whose results pgveil decrypted, want 1", d)
 	}
 	if d := m2.must(t, "pgveil_proxy_overhead_seconds") - m0.must(t, "pgveil_proxy_overhead_seconds"); d < n+1 {
 		t.Errorf("pgveil_proxy_overhead_seconds observed %v statements, want at least %d", d, n+1)
