@@ -573,6 +573,7 @@ var pgbenchModes = []string{"simple", "extended", "prepared"}
 // runs the TPC-B-like script in each protocol mode; the balances must add
 // up and the history must hold one row per transaction pgbench counted.
 func TestClientPgbenchBuiltin(t *testing.T) {
+	t.Parallel()
 	p := startProxy(t, proxyOpts{})
 	dir := t.TempDir()
 	bin := pgBinary(t, p.Cluster, "pgbench")
@@ -649,6 +650,7 @@ SELECT 1/0;
 // the modes one after the other through one pgveil hits the plan-cache
 // collision TestClientPlanCacheLiteralVsParam shows.
 func TestClientPgbenchEncrypted(t *testing.T) {
+	t.Parallel()
 	for _, mode := range pgbenchModes {
 		t.Run(mode, func(t *testing.T) {
 			p := startProxy(t, proxyOpts{})
@@ -780,6 +782,7 @@ func requireDebianPython(t testing.TB) {
 // UPDATE, an email change, a rolled-back transaction and IN lookups; then
 // checks what it read and what Postgres stores.
 func TestClientSQLAlchemy(t *testing.T) {
+	t.Parallel()
 	requireDebianPython(t)
 	p := startProxy(t, proxyOpts{})
 	script, err := filepath.Abs(filepath.Join("python", "sqlalchemy_app.py"))
@@ -1119,6 +1122,7 @@ func buildJdbcApp(t testing.TB) string {
 //     it declared); and preferQueryMode=simple inlines parameters in
 //     parentheses, "WHERE email = ('x')", which pgveil refuses with 0A000.
 func TestClientJDBC(t *testing.T) {
+	t.Parallel()
 	cp := buildJdbcApp(t)
 	java, err := exec.LookPath("java")
 	if err != nil {
