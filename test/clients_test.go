@@ -189,6 +189,15 @@ type storedRow struct {
 
 func sp(s string) *string { return &s }
 
+// renderRow shows a row of nullable strings.
+func renderRow(r []*string) string {
+	var b []string
+	for _, v := range r {
+		b = append(b, strOrNull(v))
+	}
+	return "[" + strings.Join(b, " ") + "]"
+}
+
 func strOrNull(s *string) string {
 	if s == nil {
 		return "<NULL>"
@@ -829,6 +838,11 @@ func TestClientSQLAlchemy(t *testing.T) {
 		{Email: core[3].Email, FullName: sp(`Batch updated 3 \ ;`)},
 	}
 	rollbackEmail, rollbackName, rollbackTask := "rollback@example.com", "Rolled Back Person", "task that never was"
+	copyUsers := []pyUser{
+		{"copy0@example.com", sp(`CSV, "quoted" \ name`), 70},
+		{"copy1@example.com", sp("línea\ncon salto"), 71},
+		{"copy2@example.com", sp("🎉"), 72},
+	}
 	inLookup := []string{"ann@example.com", "zoë@exämple.com", "missing@example.com", addAll[1].Email, mappings[2].Email}
 	input := map[string]any{
 		"users":            users,
@@ -847,6 +861,8 @@ func TestClientSQLAlchemy(t *testing.T) {
 		"change_email":     map[string]string{"from": "bob@example.com", "to": "robert@example.com"},
 		"rollback":         map[string]string{"email": rollbackEmail, "full_name": rollbackName, "task_title": rollbackTask},
 		"in_lookup":        inLookup,
+		"upsert":           map[string]string{"email": "upsert@example.com", "first": "Upsert One", "second": "Upsert Two 'second'"},
+		"copy_users":       copyUsers,
 	}
 	in, err := json.Marshal(input)
 	if err != nil {
@@ -885,6 +901,7 @@ func TestClientSQLAlchemy(t *testing.T) {
 			} `json:"seen"`
 			After int `json:"after"`
 		} `json:"rollback"`
+		Streamed   [][]*string `json:"streamed"`
 		InLookup   []string    `json:"in_lookup"`
 		NotInCount int         `json:"not_in_count"`
 		AllUsers   [][]*string `json:"all_users"`
@@ -1004,16 +1021,22 @@ func TestClientSQLAlchemy(t *testing.T) {
 		}
 		wantUsers = append(wantUsers, u)
 	}
+	wantUsers = append(wantUsers, pyUser{Email: "upsert@example.com", FullName: sp("Upsert Two 'second'")})
+	wantUsers = append(wantUsers, copyUsers...)
 	if out.NotInCount != len(wantUsers)-4 {
 		t.Errorf("NOT IN count: %d, want %d", out.NotInCount, len(wantUsers)-4)
 	}
 	if len(out.AllUsers) != len(wantUsers) {
 		t.Fatalf("all users: %d, want %d", len(out.AllUsers), len(wantUsers))
 	}
+	if len(out.Streamed) != len(wantUsers) {
+		t.Fatalf("streamed users: %d, want %d", len(out.Streamed), len(wantUsers))
+	}
 	for i, w := range wantUsers {
-		g := out.AllUsers[i]
-		if len(g) != 2 || strOrNull(g[0]) != strOrNull(&w.Email) || strOrNull(g[1]) != strOrNull(w.FullName) {
-			t.Errorf("users[%d]: read %v, want %q %s", i, g, w.Email, strOrNull(w.FullName))
+		for what, g := range map[string][]*string{"select": out.AllUsers[i], "yield_per": out.Streamed[i]} {
+			if len(g) != 2 || strOrNull(g[0]) != strOrNull(&w.Email) || strOrNull(g[1]) != strOrNull(w.FullName) {
+				t.Errorf("users[%d] (%s): read %s, want %q %s", i, what, renderRow(g), w.Email, strOrNull(w.FullName))
+			}
 		}
 	}
 
@@ -1068,7 +1091,7 @@ func TestClientSQLAlchemy(t *testing.T) {
 		}
 		planted = append(planted, m.Message)
 	}
-	planted = append(planted, "bob@example.com", rollbackEmail, rollbackName, rollbackTask, "Buy milk", "Call Zoë", core[0].Email)
+	planted = append(planted, "Upsert One", "bob@example.com", rollbackEmail, rollbackName, rollbackTask, "Buy milk", "Call Zoë", core[0].Email)
 	assertNoPlaintext(t, p, planted...)
 }
 

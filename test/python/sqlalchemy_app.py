@@ -11,6 +11,8 @@ and what Postgres stores.
 Runs with Debian's python3 (python3-sqlalchemy, python3-psycopg2).
 """
 
+import csv
+import io
 import json
 import os
 import sys
@@ -19,6 +21,7 @@ import psycopg2
 import sqlalchemy
 from sqlalchemy import (BigInteger, Boolean, Column, DateTime, ForeignKey,
                         Integer, Text, create_engine, func, select, text)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, declarative_base, relationship
 
 Base = declarative_base()
@@ -211,6 +214,34 @@ def main():
         s.close()
     with Session(engine) as s:
         out["rollback"] = {"seen": seen, "after": s.query(User).filter_by(email=rb["email"]).count()}
+
+    # Upsert: INSERT ... ON CONFLICT (email) DO UPDATE, twice.
+    up = data["upsert"]
+    for name in (up["first"], up["second"]):
+        with engine.begin() as conn:
+            stmt = pg_insert(User.__table__).values(email=up["email"], full_name=name, age=44)
+            conn.execute(stmt.on_conflict_do_update(index_elements=[User.__table__.c.email],
+                                                    set_={"full_name": stmt.excluded.full_name}))
+
+    # COPY FROM STDIN (CSV) with psycopg2's copy_expert.
+    raw = psycopg2.connect(dsn)
+    try:
+        with raw:
+            with raw.cursor() as cur:
+                buf = io.StringIO()
+                w = csv.writer(buf, lineterminator="\n")
+                for u in data["copy_users"]:
+                    w.writerow([u["email"], u["full_name"], u["age"]])
+                buf.seek(0)
+                cur.copy_expert("COPY users (email, full_name, age) FROM STDIN WITH (FORMAT csv)", buf)
+    finally:
+        raw.close()
+
+    # Server-side cursor: yield_per with stream_results (psycopg2 named
+    # cursor, DECLARE ... CURSOR and FETCH FORWARD).
+    with Session(engine) as s:
+        out["streamed"] = [[u.email, u.full_name] for u in s.query(User).execution_options(
+            stream_results=True).order_by(User.id).yield_per(3)]
 
     # IN lookups.
     with Session(engine) as s:
