@@ -198,6 +198,14 @@ func renderRow(r []*string) string {
 	return "[" + strings.Join(b, " ") + "]"
 }
 
+func renderRows(rs [][]*string) string {
+	var b []string
+	for _, r := range rs {
+		b = append(b, renderRow(r))
+	}
+	return "[" + strings.Join(b, ", ") + "]"
+}
+
 func strOrNull(s *string) string {
 	if s == nil {
 		return "<NULL>"
@@ -963,11 +971,11 @@ func TestClientSQLAlchemy(t *testing.T) {
 			}
 		}
 		if len(out.TasksJoin[owner]) != len(want) {
-			t.Errorf("join of %s: %v", owner, out.TasksJoin[owner])
+			t.Errorf("join of %s: %d rows, want %d", owner, len(out.TasksJoin[owner]), len(want))
 		}
 		for i, row := range out.TasksJoin[owner] {
 			if len(row) != 2 || row[0] == nil || *row[0] != titles[i] || strOrNull(row[1]) != strOrNull(name) {
-				t.Errorf("join of %s row %d: %v", owner, i, row)
+				t.Errorf("join of %s row %d: %s", owner, i, renderRow(row))
 			}
 		}
 	}
@@ -990,7 +998,7 @@ func TestClientSQLAlchemy(t *testing.T) {
 		}
 	}
 	if len(out.Psycopg2) != 2 || strOrNull(out.Psycopg2[0]) != strOrNull(&core[0].Email) || strOrNull(out.Psycopg2[1]) != strOrNull(core[0].FullName) {
-		t.Errorf("psycopg2 lookup: %v", out.Psycopg2)
+		t.Errorf("psycopg2 lookup: %s", renderRow(out.Psycopg2))
 	}
 	if n := out.ChangeEmail.New; n == nil || n.Email != "robert@example.com" || strOrNull(n.FullName) != strOrNull(users[1].FullName) || out.ChangeEmail.Old != nil {
 		t.Errorf("email change: new %+v old %+v", out.ChangeEmail.New, out.ChangeEmail.Old)
@@ -1265,11 +1273,11 @@ func testJDBCApp(t *testing.T, cp, java, params string, simple bool) {
 		age := strconv.Itoa(20 + i)
 		id := ids[u.email]
 		if len(out.Lookups[i]) != 1 || got(out.Lookups[i][0]) != row(&id, &u.email, u.name, &age) {
-			t.Errorf("lookup %d by email (execution %d of the statement): %v, want %s", i, i+1, out.Lookups[i], row(&id, &u.email, u.name, &age))
+			t.Errorf("lookup %d by email (execution %d of the statement): %s, want %s", i, i+1, renderRows(out.Lookups[i]), row(&id, &u.email, u.name, &age))
 		}
 	}
 	if len(out.Lookups[len(users)]) != 0 {
-		t.Errorf("lookup of an unknown email found %v", out.Lookups[len(users)])
+		t.Errorf("lookup of an unknown email found %s", renderRows(out.Lookups[len(users)]))
 	}
 	if len(out.Any) != 7 {
 		t.Fatalf("= ANY results: %d", len(out.Any))
@@ -1329,7 +1337,7 @@ func testJDBCApp(t *testing.T, cp, java, params string, simple bool) {
 	}
 	last := batch[len(batch)-1]
 	if simple && (len(out.SimpleLookup) != 1 || got(out.SimpleLookup[0]) != row(&last.email, last.name)) {
-		t.Errorf("preferQueryMode=simple lookup: %v", out.SimpleLookup)
+		t.Errorf("preferQueryMode=simple lookup: %s", renderRows(out.SimpleLookup))
 	}
 
 	// Final users as read and as stored.
