@@ -52,6 +52,10 @@ const (
 // existing server (a superuser DSN) instead of starting one.
 const EnvDSN = "PGVEIL_TEST_DSN"
 
+// EnvPGBin names the environment variable that chooses the PostgreSQL
+// binaries directory instead of pg_config --bindir.
+const EnvPGBin = "PGVEIL_TEST_PGBIN"
+
 // Users lists the login roles with the authentication method pg_hba.conf
 // gives each over TCP.
 var Users = []struct{ Name, Password, Method string }{
@@ -246,8 +250,8 @@ var ErrNoPostgres = errors.New("pgtest: PostgreSQL server binaries not found (lo
 	"install the Debian package postgresql (apt-get install postgresql), or set " + EnvDSN + " to a superuser DSN")
 
 // FindBinDir returns the directory holding initdb and postgres:
-// `pg_config --bindir` if it has them, else the newest
-// /usr/lib/postgresql/*/bin.
+// $PGVEIL_TEST_PGBIN if set, else `pg_config --bindir` if it has them, else
+// the newest /usr/lib/postgresql/*/bin.
 func FindBinDir() (string, error) {
 	has := func(dir string) bool {
 		for _, b := range []string{"initdb", "postgres", "pg_ctl"} {
@@ -256,6 +260,12 @@ func FindBinDir() (string, error) {
 			}
 		}
 		return true
+	}
+	if dir := os.Getenv(EnvPGBin); dir != "" {
+		if has(dir) {
+			return dir, nil
+		}
+		return "", fmt.Errorf("%w (%s=%s has no initdb, postgres and pg_ctl)", ErrNoPostgres, EnvPGBin, dir)
 	}
 	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
 		if dir := strings.TrimSpace(string(out)); dir != "" && has(dir) {
