@@ -491,8 +491,9 @@ func (c *copyOutState) onData(s *Session) error {
 	}
 	c.fields = splitCopyRow(c.fields[:0], row, delim, csv, c.plan.Quote)
 	null := copyNull(c.plan, csv)
-	kr := s.snap.Keyring
-	migrating := s.snap.Config.Encryption.Mode == config.ModeMigrating
+	snap := s.srv.snap.Load()
+	kr := snap.Keyring
+	migrating := snap.Config.Encryption.Mode == config.ModeMigrating
 	out := c.out[:0]
 	for i, f := range c.fields {
 		if i > 0 {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"sync"
+	"time"
 
 	"github.com/pgveil/pgveil/rewrite"
 )
@@ -34,6 +35,10 @@ type expect struct {
 	// catalog: the entry is pgveil's catalog query; its rows rebuild the
 	// session's catalog.
 	catalog bool
+	snap    *Snapshot // catalog: the configuration the query was built from
+	// sent is when the client's message arrived (Sync, Query), for the
+	// statement duration metrics.
+	sent time.Time
 }
 
 // expectQueue is the only state both loops touch.

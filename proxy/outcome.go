@@ -26,6 +26,8 @@ func rejectionReason(err error) string {
 	var input *keyring.InvalidInputError
 	var tooLarge *MessageTooLargeError
 	switch {
+	case errors.As(err, &r) && r.Reason == rewrite.ReasonParseError:
+		return ReasonParse
 	case errors.As(err, &r) && r.Reason != "":
 		return r.Reason
 	case errors.As(err, &size), errors.As(err, &tooLarge):

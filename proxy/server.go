@@ -313,30 +313,35 @@ func (srv *Server) closeListeners() {
 	srv.mu.Unlock()
 }
 
-// Shutdown stops accepting, turns /readyz to 503, tells idle sessions
-// "pgveil: shutting down" (FATAL 57P03) and closes them, lets sessions in a
-// transaction or a statement reach idle, and closes what is left when ctx
-// ends. It returns ctx.Err() in that case.
+// Shutdown drains: /readyz turns 503, new connections are answered FATAL
+// 57P03 "pgveil: shutting down", idle sessions get the same and are
+// closed, sessions in a transaction or a statement go on until they are
+// idle. When no session is left the listeners close and Shutdown returns
+// nil; when ctx ends first, what is left is closed and ctx.Err() returned.
 func (srv *Server) Shutdown(ctx context.Context) error {
 	srv.draining.Store(true)
 	srv.Metrics.SetDraining(true)
-	srv.closeListeners()
-	done := make(chan struct{})
-	go func() { srv.wg.Wait(); close(done) }()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		srv.mu.Lock()
+		live := 0
 		for s := range srv.sessions {
 			s.drainIfIdle()
+			if !s.closing.Load() {
+				live++
+			}
 		}
 		srv.mu.Unlock()
-		select {
-		case <-done:
+		if live == 0 {
+			srv.closeListeners()
+			srv.wg.Wait()
 			return nil
+		}
+		select {
 		case <-ctx.Done():
 			srv.Close()
-			<-done
+			srv.wg.Wait()
 			return ctx.Err()
 		case <-tick.C:
 		}

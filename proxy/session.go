@@ -51,13 +51,25 @@ type Session struct {
 	portals     map[string]*portal    // [client]
 	copyIn      *copyInState          // [client] rewriting a COPY FROM STDIN
 	needCatalog bool                  // [client] reload the catalog at the next idle point
+	failedBatch bool                  // [client] pgveil refused a message; the server skips to Sync
 	encBuf      []byte                // [client] scratch for re-encoded messages
 
 	srvState serverState // [server]
 
+	// overhead accumulates the nanoseconds both loops spent working (from
+	// the end of a blocking read to the flush before the next one) since
+	// the last ReadyForQuery; serverLoop turns it into the per-statement
+	// metrics.
+	overhead atomic.Int64
+
 	closeOnce sync.Once
 	closing   atomic.Bool
-	stats     sessionStats
+	// started is set once startup finished and the loops run.
+	started atomic.Bool
+	// connMu guards client and upstream while startup replaces them, for
+	// kill called from other goroutines.
+	connMu sync.Mutex
+	stats  sessionStats
 }
 
 type sessionStats struct {
@@ -125,6 +137,7 @@ func (s *Session) serve() {
 		}
 		return
 	}
+	s.started.Store(true)
 	s.srv.Metrics.ConnOpened()
 	defer s.srv.Metrics.ConnClosed()
 	s.log.Info("session opened", "database", s.database)
@@ -174,10 +187,12 @@ func (s *Session) kill() {
 		s.q.mu.Lock()
 		s.q.closed = true
 		s.q.mu.Unlock()
+		s.connMu.Lock()
 		s.client.Close()
 		if s.upstream != nil {
 			s.upstream.Close()
 		}
+		s.connMu.Unlock()
 	})
 }
 
@@ -192,7 +207,7 @@ func (s *Session) killUpstreamSoon() {
 // drainIfIdle ends the session with FATAL 57P03 when it is idle: the last
 // ReadyForQuery said 'I' and nothing is owed. Called by Shutdown.
 func (s *Session) drainIfIdle() {
-	if s.closing.Load() || s.cw == nil || s.txStatus.Load() != 'I' {
+	if s.closing.Load() || !s.started.Load() || s.txStatus.Load() != 'I' {
 		return
 	}
 	if !s.q.closeIfIdle() {
@@ -219,14 +234,22 @@ func (s *Session) writeError(err error, fatal bool) {
 // clientLoop: client -> pgveil -> PostgreSQL.
 
 func (s *Session) clientLoop() error {
+	var busySince time.Time
 	for {
 		if s.cr.buffered() == 0 {
 			// About to block on the client: send what is pending.
 			if err := s.uw.Flush(); err != nil {
 				return err
 			}
+			if !busySince.IsZero() {
+				s.overhead.Add(int64(time.Since(busySince)))
+				busySince = time.Time{}
+			}
 		}
 		typ, size, err := s.cr.next()
+		if busySince.IsZero() {
+			busySince = time.Now()
+		}
 		if err != nil {
 			var tooLarge *MessageTooLargeError
 			if errors.As(err, &tooLarge) {
@@ -245,7 +268,7 @@ func (s *Session) clientLoop() error {
 		}
 		switch typ {
 		case 'Q':
-			err = s.onQuery()
+			err = s.onQuery(busySince)
 		case 'P':
 			err = s.onParse()
 		case 'B':
@@ -257,7 +280,8 @@ func (s *Session) clientLoop() error {
 		case 'C':
 			err = s.onClose()
 		case 'S':
-			err = s.forwardExpect(expect{kind: expSync})
+			s.failedBatch = false
+			err = s.forwardExpect(expect{kind: expSync, sent: busySince})
 		case 'd':
 			if s.copyIn != nil {
 				err = s.onCopyData()
@@ -271,7 +295,7 @@ func (s *Session) clientLoop() error {
 				err = s.cr.forward(s.uw)
 			}
 		case 'F': // FunctionCall: a result, then ReadyForQuery
-			err = s.forwardExpect(expect{kind: expQuery})
+			err = s.forwardExpect(expect{kind: expQuery, sent: busySince})
 		case 'X':
 			if err := s.cr.forward(s.uw); err != nil {
 				return err
@@ -338,7 +362,8 @@ func (s *Session) countOutcome(plan *rewrite.Plan, refused error) {
 		s.srv.Metrics.Query(OutcomeRefused)
 		s.srv.Metrics.Rejection(rejectionReason(refused))
 		s.audit("statement refused", refused)
-	case plan.Kind == rewrite.KindRewrite:
+	case plan.Kind == rewrite.KindRewrite || len(plan.Tables) > 0:
+		// Also a read whose results pgveil decrypts.
 		s.stats.rewritten.Add(1)
 		s.srv.Metrics.Query(OutcomeRewritten)
 	default:
@@ -356,7 +381,7 @@ func (s *Session) audit(msg string, err error) {
 		slog.String("logger", "audit.encryption"), slog.String("sqlstate", code), slog.String("error", text))
 }
 
-func (s *Session) onQuery() error {
+func (s *Session) onQuery(sent time.Time) error {
 	body, err := s.cr.body()
 	if err != nil {
 		return err
@@ -366,7 +391,6 @@ func (s *Session) onQuery() error {
 		return &fatalError{&pgError{code: codeProtocolViolation, msg: "pgveil: malformed Query message"}}
 	}
 	snap := s.snapshot()
-	began := time.Now()
 	sql := string(sqlBytes)
 	plan, lits, err := s.plan(snap, sql)
 	if err != nil {
@@ -382,7 +406,7 @@ func (s *Session) onQuery() error {
 		frame = append(frame, body...)
 		frame = finishFrame(frame, 0)
 		s.encBuf = frame
-		return s.send(expect{kind: expQuery, plan: plan}, frame)
+		return s.send(expect{kind: expQuery, plan: plan, sent: sent}, frame)
 	}
 	out, err := plan.Render(nil, sql, lits, s.transformer(snap))
 	if err != nil {
@@ -397,8 +421,7 @@ func (s *Session) onQuery() error {
 	frame = append(frame, 0)
 	frame = finishFrame(frame, start)
 	s.encBuf = frame
-	s.srv.Metrics.ObserveOverhead(time.Since(began))
-	return s.send(expect{kind: expQuery, plan: plan}, frame)
+	return s.send(expect{kind: expQuery, plan: plan, sent: sent}, frame)
 }
 
 // raiseQuery sends, in place of a refused simple query, one that makes
@@ -411,7 +434,7 @@ func (s *Session) raiseQuery(plan *rewrite.Plan, err error) error {
 	q := pgproto3.Query{String: raiseSQL(err)}
 	frame, _ := q.Encode(s.encBuf[:0])
 	s.encBuf = frame
-	return s.send(expect{kind: expQuery}, frame)
+	return s.send(expect{kind: expQuery, sent: time.Now()}, frame)
 }
 
 // raiseExtended sends, in place of a refused Parse or Bind, an unnamed
@@ -420,6 +443,7 @@ func (s *Session) raiseQuery(plan *rewrite.Plan, err error) error {
 // reply, and the server then discards the batch up to Sync.
 func (s *Session) raiseExtended(err error) error {
 	s.countOutcome(&rewrite.Plan{}, err)
+	s.failedBatch = true
 	buf := s.encBuf[:0]
 	buf, _ = (&pgproto3.Parse{Query: raiseSQL(err)}).Encode(buf)
 	buf, _ = (&pgproto3.Bind{}).Encode(buf)
@@ -466,7 +490,6 @@ func (s *Session) onParse() error {
 		return &fatalError{&pgError{code: codeProtocolViolation, msg: "pgveil: malformed Parse message"}}
 	}
 	snap := s.snapshot()
-	began := time.Now()
 	plan, lits, err := s.plan(snap, p.Query)
 	if err != nil {
 		delete(s.stmts, p.Name)
@@ -477,7 +500,6 @@ func (s *Session) onParse() error {
 		delete(s.stmts, p.Name)
 		return s.raiseExtended(plan.Refusal)
 	case rewrite.KindPassthrough:
-		s.countOutcome(plan, nil)
 		st := &statement{name: p.Name, plan: plan, clientParams: -1}
 		s.stmts[p.Name] = st
 		frame := append(append(s.encBuf[:0], 'P', 0, 0, 0, 0), body...)
@@ -495,7 +517,6 @@ func (s *Session) onParse() error {
 		delete(s.stmts, p.Name)
 		return s.raiseExtended(err)
 	}
-	s.countOutcome(plan, nil)
 	nClient := plan.NumClientParams
 	if len(p.ParameterOIDs) > nClient {
 		nClient = len(p.ParameterOIDs)
@@ -520,7 +541,6 @@ func (s *Session) onParse() error {
 	np := pgproto3.Parse{Name: p.Name, Query: string(out), ParameterOIDs: oids}
 	frame, _ := np.Encode(s.encBuf[:0])
 	s.encBuf = frame
-	s.srv.Metrics.ObserveOverhead(time.Since(began))
 	return s.send(expect{kind: expParse, stmt: st}, frame)
 }
 
@@ -549,6 +569,7 @@ func (s *Session) onBind() error {
 	if !ok || !ok2 {
 		return &fatalError{&pgError{code: codeProtocolViolation, msg: "pgveil: malformed Bind message"}}
 	}
+	s.snapshot() // a reload's new primary key encrypts this Bind's values
 	st := s.stmts[string(stmtName)]
 	pt := &portal{stmt: st}
 	s.portals[portalName] = pt
@@ -557,7 +578,6 @@ func (s *Session) onBind() error {
 		s.encBuf = finishFrame(frame, 0)
 		return s.send(expect{kind: expBind}, s.encBuf)
 	}
-	began := time.Now()
 	var b pgproto3.Bind
 	if err := b.Decode(body); err != nil {
 		return &fatalError{&pgError{code: codeProtocolViolation, msg: "pgveil: malformed Bind message"}}
@@ -571,7 +591,6 @@ func (s *Session) onBind() error {
 		return &fatalError{err}
 	}
 	s.encBuf = frame
-	s.srv.Metrics.ObserveOverhead(time.Since(began))
 	return s.send(expect{kind: expBind}, frame)
 }
 
@@ -612,6 +631,14 @@ func (s *Session) onExecute() error {
 		return &fatalError{&pgError{code: codeProtocolViolation, msg: "pgveil: malformed Execute message"}}
 	}
 	pt := s.portals[name]
+	if !s.failedBatch {
+		// Statements are counted per execution, by what their plan does.
+		if pt != nil && pt.stmt != nil {
+			s.countOutcome(pt.stmt.plan, nil)
+		} else {
+			s.srv.Metrics.Query(OutcomePassthrough)
+		}
+	}
 	if pt != nil && !pt.described && pt.stmt.touchesConfigured() && !pt.stmt.described {
 		// pgveil must know the result columns to decrypt them: ask, and
 		// keep the answer to itself.
@@ -654,7 +681,7 @@ func (s *Session) injectCatalogQuery() {
 	s.needCatalog = false
 	q := pgproto3.Query{String: s.snap.catalogSQL}
 	buf, _ := q.Encode(nil)
-	_ = s.send(expect{kind: expQuery, drop: true, catalog: true}, buf)
+	_ = s.send(expect{kind: expQuery, drop: true, catalog: true, snap: s.snap}, buf)
 }
 
 // ---------------------------------------------------------------------------
@@ -679,6 +706,7 @@ type serverState struct {
 
 func (s *Session) serverLoop() {
 	st := &s.srvState
+	var busySince time.Time
 	for {
 		if s.ur.buffered() == 0 {
 			s.cwMu.Lock()
@@ -687,8 +715,15 @@ func (s *Session) serverLoop() {
 			if err != nil {
 				return
 			}
+			if !busySince.IsZero() {
+				s.overhead.Add(int64(time.Since(busySince)))
+				busySince = time.Time{}
+			}
 		}
 		typ, _, err := s.ur.next()
+		if busySince.IsZero() {
+			busySince = time.Now()
+		}
 		if err != nil {
 			if !isClosedErr(err) && !s.closing.Load() {
 				s.srv.Metrics.UpstreamError(UpstreamIO)
@@ -812,13 +847,14 @@ func (s *Session) onServerMessage(st *serverState, typ byte) error {
 		st.qrows, st.execRows, st.execActive, st.copyOut = nil, nil, false, nil
 		if e.catalog {
 			if !st.catFailed {
-				s.cat.Store(buildCatalog(s.snap.Config.Tables, st.catRows, 0))
+				s.cat.Store(buildCatalog(e.snap.Config.Tables, st.catRows, e.snap.Generation))
 			}
 			st.catRows, st.catFailed = nil, false
 			return nil
 		}
 		st.discarding = false
 		s.writeClientFrame('Z', body)
+		s.observeStatement(e)
 		return nil
 	case 'E': // ErrorResponse
 		e, _ := s.q.peek()
@@ -901,4 +937,22 @@ func (s *Session) writeParameterDescription(body []byte, n int) {
 	out = finishFrame(out, start)
 	s.srvState.out = out
 	_, _ = s.cw.Write(out)
+}
+
+// observeStatement records, at a ReadyForQuery, how long the statement (or
+// extended batch) took and how much of it pgveil spent working rather than
+// waiting on PostgreSQL.
+func (s *Session) observeStatement(e expect) {
+	if e.sent.IsZero() {
+		return
+	}
+	d := time.Since(e.sent)
+	ov := time.Duration(s.overhead.Swap(0))
+	if ov > d {
+		ov = d
+	}
+	m := s.srv.Metrics
+	m.ObserveStatement(d)
+	m.ObserveOverhead(ov)
+	m.ObserveUpstreamWait(d - ov)
 }

@@ -65,7 +65,9 @@ func (s *Session) startup(ctx context.Context) error {
 			if err := tc.HandshakeContext(ctx); err != nil {
 				return fmt.Errorf("pgveil: client TLS handshake: %w", err)
 			}
+			s.connMu.Lock()
 			s.client, s.tlsDone = tc, true
+			s.connMu.Unlock()
 			br = bufio.NewReaderSize(s.client, 1024)
 		case codeGSSENCRequest:
 			if br.Buffered() > 0 {
@@ -123,7 +125,13 @@ func (s *Session) startup(ctx context.Context) error {
 		return s.refuseStartup(&pgError{code: codeConnectionFailure, msg: "pgveil: upstream unreachable",
 			hint: "check that PostgreSQL is running at the configured upstream address"})
 	}
+	s.connMu.Lock()
 	s.upstream = up
+	s.connMu.Unlock()
+	if s.closing.Load() {
+		up.Close()
+		return net.ErrClosed
+	}
 	limit := snap.Config.Proxy.MaxMessageSize
 	s.ur = newFrameReader(up, limit)
 	s.uw = bufio.NewWriterSize(up, ioBufferSize)
@@ -282,12 +290,14 @@ func (s *Session) relayAuth() error {
 			if err != nil {
 				return s.upstreamLost(err)
 			}
+			// body is borrowed from the read buffer: copy it before the
+			// catalog query reads more.
 			frame := append([]byte{'Z', 0, 0, 0, 5}, body...)
+			if len(frame) > 5 {
+				s.txStatus.Store(uint32(frame[5]))
+			}
 			if err := s.loadCatalog(); err != nil {
 				return err
-			}
-			if len(body) > 0 {
-				s.txStatus.Store(uint32(body[0]))
 			}
 			if _, err := s.cw.Write(frame); err != nil {
 				return err

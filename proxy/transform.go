@@ -80,8 +80,11 @@ func (s *Session) decryptRow(st *serverState, ri *rowInfo) error {
 	if err != nil {
 		return err
 	}
-	kr := s.snap.Keyring
-	migrating := s.snap.Config.Encryption.Mode == config.ModeMigrating
+	// serverLoop reads the snapshot in force itself (clientLoop owns
+	// s.snap): rows read after a reload open with the new keys at once.
+	snap := s.srv.snap.Load()
+	kr := snap.Keyring
+	migrating := snap.Config.Encryption.Mode == config.ModeMigrating
 	if len(body) < 2 {
 		return errBadFrameLength
 	}
@@ -153,7 +156,7 @@ func (s *Session) decryptRow(st *serverState, ri *rowInfo) error {
 func (s *Session) failRow(st *serverState, column string, cause error) error {
 	s.srv.KeyMetrics.Error(keyring.ErrorTypeUndecryptable)
 	uerr := &undecryptableError{column: column}
-	if s.snap.Config.Encryption.Audit() {
+	if s.srv.snap.Load().Config.Encryption.Audit() {
 		s.log.Warn("decryption failed", "logger", "audit.encryption", "column", column, "sqlstate", codeDataCorrupted)
 	}
 	s.writeError(uerr, false)
@@ -167,7 +170,7 @@ func (s *Session) failRow(st *serverState, column string, cause error) error {
 func (s *Session) flushDecryptMetrics(st *serverState) {
 	total := 0
 	if len(st.decrypted) > 0 {
-		fps := s.snap.Keyring.KeyFingerprints()
+		fps := s.srv.snap.Load().Keyring.KeyFingerprints()
 		for i, n := range st.decrypted {
 			if n == 0 {
 				continue
@@ -181,7 +184,6 @@ func (s *Session) flushDecryptMetrics(st *serverState) {
 	}
 	if total > 0 || st.decErrors > 0 {
 		s.srv.KeyMetrics.ObserveDecrypt(total+st.decErrors, st.decErrors, st.decTime)
-		s.srv.Metrics.ObserveOverhead(st.decTime)
 	}
 	st.decErrors, st.decTime = 0, 0
 }
