@@ -3,6 +3,7 @@ package rewrite
 import (
 	"fmt"
 	"hash/maphash"
+	"strconv"
 	"sync"
 )
 
@@ -166,7 +167,12 @@ func (r *Rewriter) Plan(sql string) (*Plan, []Literal, CacheResult, error) {
 		return passthroughPlan, nil, CacheSkip, nil
 	}
 	key, lits := Normalize(sql)
-	if p, exact, ok := r.cache.get(key); ok {
+	// The normalized text alone does not say which placeholders were the
+	// client's parameters and which were constants ("VALUES ($1, 20)" and
+	// "VALUES ('a', 20)" both read "VALUES ($1, $2)"); the cache key adds
+	// how many constants were cut out, which settles it.
+	ckey := cacheKey(key, len(lits))
+	if p, exact, ok := r.cache.get(ckey); ok {
 		if !exact {
 			return p, lits, CacheHit, nil
 		}
@@ -183,15 +189,21 @@ func (r *Rewriter) Plan(sql string) (*Plan, []Literal, CacheResult, error) {
 		// grammar wants one, e.g. `SET x TO 'y'`): the plan was made from
 		// the original text and may depend on its constants, so it is
 		// cached by the exact text; the normalized key only records that.
-		r.cache.put(key, p, true)
+		r.cache.put(ckey, p, true)
 		r.cache.put(exactKey(sql), p, false)
 	} else {
-		r.cache.put(key, p, false)
+		r.cache.put(ckey, p, false)
 	}
 	return p, lits, CacheMiss, nil
 }
 
 func exactKey(sql string) string { return "\x00" + sql }
+
+// cacheKey is the normalized text plus the number of constants it stands
+// for (the placeholders numbered last).
+func cacheKey(normalized string, constants int) string {
+	return normalized + "\x00" + strconv.Itoa(constants)
+}
 
 // Analyze plans sql without a cache; see Rewriter.Plan.
 func (r *Rules) Analyze(sql string) (*Plan, []Literal, error) {
