@@ -135,7 +135,8 @@ func (c *Cluster) SuperUserName() string { return c.superName }
 
 // DSN returns a postgres:// URL for role on database db over TCP with
 // sslmode=disable. role SuperUser means the cluster's superuser; the
-// password is included for every role but veil_trust. db "" means
+// password is included for every role but veil_trust on the harness's own
+// cluster. db "" means
 // "postgres". Extra query parameters ("key", "value" pairs) are added or
 // replace the defaults, e.g. DSN(u, db, "sslmode", "require").
 func (c *Cluster) DSN(role, db string, params ...string) string {
@@ -146,7 +147,9 @@ func (c *Cluster) DSN(role, db string, params ...string) string {
 		db = "postgres"
 	}
 	u := &url.URL{Scheme: "postgres", Host: c.Addr(), Path: "/" + db}
-	if pw := c.Password(role); pw != "" && role != TrustUser {
+	// veil_trust needs no password on the harness cluster; a
+	// PGVEIL_TEST_DSN server's pg_hba.conf may ask for it.
+	if pw := c.Password(role); pw != "" && (role != TrustUser || !c.Local) {
 		u.User = url.UserPassword(role, pw)
 	} else {
 		u.User = url.User(role)

@@ -72,7 +72,7 @@ func TestFreePortAndDSN(t *testing.T) {
 	}
 	ln.Close()
 
-	c := &Cluster{Host: "127.0.0.1", Port: 5432, superName: "admin", superPass: "p@ss/word"}
+	c := &Cluster{Host: "127.0.0.1", Port: 5432, superName: "admin", superPass: "p@ss/word", Local: true}
 	for _, tc := range []struct{ role, db, want string }{
 		{SuperUser, "", "postgres://admin:p%40ss%2Fword@127.0.0.1:5432/postgres?sslmode=disable"},
 		{TrustUser, "d", "postgres://veil_trust@127.0.0.1:5432/d?sslmode=disable"},
@@ -84,5 +84,9 @@ func TestFreePortAndDSN(t *testing.T) {
 	}
 	if got := c.DSN(MD5User, "d", "sslmode", "require", "application_name", "x"); got != "postgres://veil_md5:"+MD5Password+"@127.0.0.1:5432/d?application_name=x&sslmode=require" {
 		t.Errorf("DSN with params = %s", got)
+	}
+	c.Local = false // PGVEIL_TEST_DSN: its pg_hba.conf may ask veil_trust for a password
+	if got := c.DSN(TrustUser, "d"); got != "postgres://veil_trust:"+TrustPassword+"@127.0.0.1:5432/d?sslmode=disable" {
+		t.Errorf("DSN(veil_trust) on an external server = %s", got)
 	}
 }
