@@ -138,7 +138,8 @@ func (c *copyInState) process(final bool) error {
 			}
 			continue
 		}
-		if !csv && bytes.Equal(bytes.TrimRight(row, "\r"), []byte(`\.`)) {
+		// The end-of-data marker, alone on its line, in text and CSV.
+		if bytes.Equal(bytes.TrimRight(row, "\r"), []byte(`\.`)) {
 			c.out = append(c.out, row...)
 			if nl {
 				c.out = append(c.out, '\n')
