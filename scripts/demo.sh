@@ -342,6 +342,11 @@ EOF
 header "pgveil verify (per column: tokens under the primary key, correct blind indexes)"
 "$PGVEIL" verify --config "$CONFIG" --dsn "$ADMIN_URL" 2>&1 | sed 's/^/  /' || true
 
+header "metrics (http://$ADMIN_LISTEN/metrics), the runbook's names"
+curl -fsS "http://$ADMIN_LISTEN/metrics" 2>/dev/null |
+	grep -E '^(encryption_operations_total|active_encryption_key_version|pgveil_queries_total|pgveil_rejections_total)' |
+	grep -v ' 0$' | sed 's/^/  /' || true
+
 # ---------------------------------------------------------------- serve
 if [ "$ONCE" = 1 ]; then
 	exit 0
