@@ -99,7 +99,10 @@ type Metrics struct {
 	draining         prometheus.Gauge
 	maintenance      prometheus.Gauge
 
-	known map[*prometheus.CounterVec]map[string]bool
+	// known holds, per vector, the counter of each label value of its
+	// closed set, resolved once: the per-statement path is two map
+	// lookups and an atomic add, not a label hash.
+	known map[*prometheus.CounterVec]map[string]prometheus.Counter
 }
 
 // NewMetrics creates the pgveil_* families, registers them with reg and sets
@@ -164,18 +167,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "1 while maintenance mode refuses new connections, else 0.",
 		}),
 	}
-	m.known = map[*prometheus.CounterVec]map[string]bool{
-		m.connectionsTotal: set(connResults),
-		m.queries:          set(queryOutcomes),
-		m.rejections:       set(rejectReasons),
-		m.upstreamErrors:   set(upstreamKinds),
-		m.planCache:        set(cacheResults),
-		m.reloads:          set(reloadResults),
-	}
-	for vec, values := range m.known {
-		for v := range values {
-			vec.WithLabelValues(v)
-		}
+	m.known = map[*prometheus.CounterVec]map[string]prometheus.Counter{
+		m.connectionsTotal: counters(m.connectionsTotal, connResults),
+		m.queries:          counters(m.queries, queryOutcomes),
+		m.rejections:       counters(m.rejections, rejectReasons),
+		m.upstreamErrors:   counters(m.upstreamErrors, upstreamKinds),
+		m.planCache:        counters(m.planCache, cacheResults),
+		m.reloads:          counters(m.reloads, reloadResults),
 	}
 	if reg != nil {
 		reg.MustRegister(m.connections, m.connectionsTotal, m.queries, m.rejections,
@@ -185,20 +183,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-func set(values []string) map[string]bool {
-	s := make(map[string]bool, len(values))
+// counters creates (at zero) and returns the child of vec for each value.
+func counters(vec *prometheus.CounterVec, values []string) map[string]prometheus.Counter {
+	s := make(map[string]prometheus.Counter, len(values))
 	for _, v := range values {
-		s[v] = true
+		s[v] = vec.WithLabelValues(v)
 	}
 	return s
 }
 
 // inc adds one to vec{value} when value belongs to vec's closed set.
 func (m *Metrics) inc(vec *prometheus.CounterVec, value string) {
-	if !m.known[vec][value] {
-		return
+	if c, ok := m.known[vec][value]; ok {
+		c.Inc()
 	}
-	vec.WithLabelValues(value).Inc()
 }
 
 // ConnOpened records a client session whose startup finished (the client
