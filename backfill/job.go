@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgveil/pgveil/config"
@@ -657,7 +658,10 @@ func (j *Job) process(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo, rc
 		if !j.DryRun && len(idx) > 0 {
 			var err error
 			written, err = j.write(ctx, pool, ti, b, cells, idx)
-			if err != nil {
+			if err != nil && retryable(err) && attempt < maxWriteRetries {
+				// The batch rolled back as a whole; every row is read again.
+				written = map[string]bool{}
+			} else if err != nil {
 				r.err = fmt.Errorf("pgveil: writing a batch of %s: %w", ti.full, err)
 				return r
 			}
@@ -774,6 +778,26 @@ func project(ti *tableInfo, op Op, v, h, f []int64, s [][]string) ([]int64, []in
 	return v2, h2, f2, s2
 }
 
+// maxWriteRetries bounds how often one batch is retried after errors that
+// roll it back (lock timeout, deadlock, serialization failure).
+const maxWriteRetries = 50
+
+// retryable reports whether a batch's UPDATE failed only because of
+// concurrency: lock_timeout (55P03, e.g. a unique index check waiting on
+// an application transaction), deadlock (40P01) or serialization failure
+// (40001).
+func retryable(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return false
+	}
+	switch pe.Code {
+	case "55P03", "40P01", "40001":
+		return true
+	}
+	return false
+}
+
 func metricErrorType(f failure) string {
 	switch f {
 	case failUndecryptable:
@@ -826,12 +850,24 @@ func (j *Job) write(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo, b *b
 			args = append(args, hset, hvals)
 		}
 	}
-	// One statement is one transaction: the batch commits or not at all.
-	rows, err := pool.Query(ctx, ti.updateQuery(), args...)
+	// One transaction per batch: it commits or not at all. Row locks are
+	// never waited on (SKIP LOCKED); other waits (a unique index check on
+	// an application transaction's uncommitted row) give up after
+	// batchLockTimeout, well before deadlock_timeout, so the application is
+	// never the victim of a deadlock with the backfill; the batch is then
+	// retried.
+	tx, err := pool.Begin(ctx)
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after Commit a no-op
+	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '"+batchLockTimeout+"'"); err != nil {
+		return nil, err
+	}
+	rows, err := tx.Query(ctx, ti.updateQuery(), args...)
+	if err != nil {
+		return nil, err
+	}
 	out := make(map[string]bool, len(idx))
 	nk := len(ti.key)
 	for rows.Next() {
@@ -846,5 +882,15 @@ func (j *Job) write(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo, b *b
 		}
 		out[strings.Join(parts, "\x00")] = true
 	}
-	return out, rows.Err()
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
+
+// batchLockTimeout is how long a batch's UPDATE may wait for a lock.
+const batchLockTimeout = "500ms"

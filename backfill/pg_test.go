@@ -323,3 +323,46 @@ func TestSchemaPlanIdempotent(t *testing.T) {
 		t.Fatalf("invalid index: %+v %v", stmts, err)
 	}
 }
+
+// TestUniqueWaitRetries: an application transaction holds an uncommitted
+// row with the blind index a batch is about to write; the batch gives up
+// waiting (lock_timeout), retries, and succeeds once that transaction
+// rolls back.
+func TestUniqueWaitRetries(t *testing.T) {
+	pool := testDB(t, 30, ";DROP INDEX users_email_hash_idx; CREATE UNIQUE INDEX ON users (email_hash)")
+	kr := testKeyring(t)
+	tx, err := pool.Begin(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clash := string(kr.BlindIndex(nil, "public.users.email", []byte("user5@example.com")))
+	if _, err := tx.Exec(ctxT(t), "INSERT INTO users (id, email_hash) VALUES (1000, $1)", clash); err != nil {
+		t.Fatal(err)
+	}
+	j := &Job{Op: OpEncrypt, Tables: []config.Table{usersTable}, Keys: kr, Sanitize: true, BatchSize: 10}
+	done := make(chan error, 1)
+	var sum *Summary
+	go func() {
+		var err error
+		sum, err = j.Run(ctxT(t), pool)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("run finished while a unique check had to wait: %v", err)
+	case <-time.After(1500 * time.Millisecond):
+	}
+	if err := tx.Rollback(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if sum.Tables[0].Written != 30 || sum.Tables[0].Retries == 0 {
+		t.Fatalf("written %d retries %d", sum.Tables[0].Written, sum.Tables[0].Retries)
+	}
+	var h string
+	if err := pool.QueryRow(ctxT(t), "SELECT email_hash FROM users WHERE id = 5").Scan(&h); err != nil || h != clash {
+		t.Fatalf("row 5 blind index: %v", err)
+	}
+}

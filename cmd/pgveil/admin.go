@@ -179,11 +179,9 @@ func pxConfig(dsn string) (*pgxpool.Config, error) {
 	if pc.ConnConfig.ConnectTimeout == 0 {
 		pc.ConnConfig.ConnectTimeout = 10 * time.Second
 	}
-	pc.ConnConfig.RuntimeParams["application_name"] = "pgveil-admin"
-	// A batch never waits long on the application's row locks (it skips
-	// locked rows), but a unique index check can wait; never long enough
-	// to make the application the victim of a deadlock.
-	pc.ConnConfig.RuntimeParams["lock_timeout"] = "500"
+	if _, ok := pc.ConnConfig.RuntimeParams["application_name"]; !ok {
+		pc.ConnConfig.RuntimeParams["application_name"] = "pgveil-admin"
+	}
 	return pc, nil
 }
 
