@@ -3,7 +3,8 @@
 #   make build   bin/pgveil, with version and commit from git
 #   make test    go vet, then every test with the race detector (integration
 #                tests start their own PostgreSQL; no environment needed)
-#   make demo    a throwaway PostgreSQL with pgveil in front (scripts/demo.sh)
+#   make demo    a throwaway PostgreSQL with pgveil in front (scripts/demo.sh;
+#                DEMO_ARGS=--once to stop after the walkthrough)
 #   make bench   benchmarks, written to docs/BENCHMARKS.md (scripts/bench.sh)
 #   make fuzz    every Fuzz target for FUZZTIME (default 10s)
 #   make lint    gofmt check and go vet (and staticcheck when installed)
@@ -50,7 +51,7 @@ fuzz:
 	done
 
 demo:
-	./scripts/demo.sh
+	./scripts/demo.sh $(DEMO_ARGS)
 
 bench:
 	./scripts/bench.sh
