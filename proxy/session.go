@@ -50,7 +50,10 @@ type Session struct {
 	stmts       map[string]*statement // [client] prepared statements by name ("" = unnamed)
 	portals     map[string]*portal    // [client]
 	copyIn      *copyInState          // [client] rewriting a COPY FROM STDIN
-	needCatalog bool                  // [client] reload the catalog at the next idle point
+	needCatalog bool                  // [client] reload the catalog before the next statement
+	ddlPending  bool                  // [client] the statement being sent changes the schema
+	inBatch     bool                  // [client] extended-protocol messages sent since the last Sync
+	catMissAt   time.Time             // [client] last reload for a configured table missing from the catalog
 	failedBatch bool                  // [client] pgveil refused a message; the server skips to Sync
 	encBuf      []byte                // [client] scratch for re-encoded messages
 
@@ -263,8 +266,8 @@ func (s *Session) clientLoop() error {
 		if s.closing.Load() {
 			return net.ErrClosed
 		}
-		if s.needCatalog && s.q.empty() && s.copyIn == nil {
-			s.injectCatalogQuery()
+		if s.copyIn != nil && typ != 'd' && typ != 'c' && typ != 'f' && typ != 'H' && typ != 'S' {
+			s.copyIn = nil // the COPY ended on the server before any data
 		}
 		switch typ {
 		case 'Q':
@@ -280,7 +283,7 @@ func (s *Session) clientLoop() error {
 		case 'C':
 			err = s.onClose()
 		case 'S':
-			s.failedBatch = false
+			s.failedBatch, s.inBatch = false, false
 			err = s.forwardExpect(expect{kind: expSync, sent: busySince})
 		case 'd':
 			if s.copyIn != nil {
@@ -308,6 +311,11 @@ func (s *Session) clientLoop() error {
 		if err != nil {
 			return err
 		}
+		switch typ {
+		case 'P', 'B', 'D', 'E', 'C':
+			s.inBatch = true
+		}
+		s.afterStatement()
 		_ = size
 	}
 }
@@ -350,9 +358,35 @@ func (s *Session) plan(snap *Snapshot, sql string) (*rewrite.Plan, []rewrite.Lit
 		return nil, nil, err
 	}
 	if plan.DDL {
-		s.needCatalog = true
+		s.ddlPending = true
+	}
+	if len(plan.Tables) > 0 {
+		// A configured table this session's catalog does not know (created
+		// after the session started): reload first, at most once a second.
+		cat := s.cat.Load()
+		for _, t := range plan.Tables {
+			if _, ok := cat.columns[t]; !ok && time.Since(s.catMissAt) > time.Second {
+				s.catMissAt = time.Now()
+				s.needCatalog = true
+				break
+			}
+		}
+	}
+	// The catalog query goes before this statement, at a point where a
+	// simple Query is legal: not inside an extended batch.
+	if s.needCatalog && !s.inBatch {
+		s.injectCatalogQuery()
 	}
 	return plan, lits, nil
+}
+
+// sent marks the end of one client message's handling: a schema change
+// asks for a catalog reload before the next statement.
+func (s *Session) afterStatement() {
+	if s.ddlPending {
+		s.ddlPending = false
+		s.needCatalog = true
+	}
 }
 
 func (s *Session) countOutcome(plan *rewrite.Plan, refused error) {
