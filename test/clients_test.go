@@ -871,6 +871,7 @@ func TestClientSQLAlchemy(t *testing.T) {
 		"in_lookup":        inLookup,
 		"upsert":           map[string]string{"email": "upsert@example.com", "first": "Upsert One", "second": "Upsert Two 'second'"},
 		"copy_users":       copyUsers,
+		"extras":           map[string]string{"email": "extras@example.com", "full_name": "Extra O'Ne", "task_title": "Extra task", "new_name": "Extra Renamed"},
 	}
 	in, err := json.Marshal(input)
 	if err != nil {
@@ -909,6 +910,15 @@ func TestClientSQLAlchemy(t *testing.T) {
 			} `json:"seen"`
 			After int `json:"after"`
 		} `json:"rollback"`
+		Extras struct {
+			ForUpdate       string            `json:"for_update"`
+			Exists          bool              `json:"exists"`
+			ExistsMissing   bool              `json:"exists_missing"`
+			Joinedload      []string          `json:"joinedload"`
+			Selectinload    [][]string        `json:"selectinload"`
+			EmptyIn         int               `json:"empty_in"`
+			UpdateReturning map[string]string `json:"update_returning"`
+		} `json:"extras"`
 		Streamed   [][]*string `json:"streamed"`
 		InLookup   []string    `json:"in_lookup"`
 		NotInCount int         `json:"not_in_count"`
@@ -1031,6 +1041,13 @@ func TestClientSQLAlchemy(t *testing.T) {
 	}
 	wantUsers = append(wantUsers, pyUser{Email: "upsert@example.com", FullName: sp("Upsert Two 'second'")})
 	wantUsers = append(wantUsers, copyUsers...)
+	wantUsers = append(wantUsers, pyUser{Email: "extras@example.com", FullName: sp("Extra Renamed")})
+	ex := out.Extras
+	if ex.ForUpdate != "Extra O'Ne" || !ex.Exists || ex.ExistsMissing || strings.Join(ex.Joinedload, "|") != "Extra O'Ne|Extra task" ||
+		len(ex.Selectinload) != 1 || strings.Join(ex.Selectinload[0], "|") != "Extra O'Ne|Extra task" || ex.EmptyIn != 0 ||
+		ex.UpdateReturning["full_name"] != "Extra Renamed" || ex.UpdateReturning["email"] != "extras@example.com" {
+		t.Errorf("ORM extras (FOR UPDATE, EXISTS, joinedload, selectinload, empty IN, UPDATE RETURNING): %+v", ex)
+	}
 	if out.NotInCount != len(wantUsers)-4 {
 		t.Errorf("NOT IN count: %d, want %d", out.NotInCount, len(wantUsers)-4)
 	}
@@ -1072,14 +1089,14 @@ func TestClientSQLAlchemy(t *testing.T) {
 		t.Errorf("the old email is still stored after the change")
 	}
 	gotTasks := storedRows(t, p, "tasks", "title", "description")
-	if len(gotTasks) != 4 {
-		t.Fatalf("stored %d tasks, want 4 (the rolled-back one must not be there)", len(gotTasks))
+	if len(gotTasks) != 5 {
+		t.Fatalf("stored %d tasks, want 5 (the rolled-back one must not be there)", len(gotTasks))
 	}
 	storedTitles := map[string]*string{}
 	for _, r := range gotTasks {
 		storedTitles[strOrNull(r.Vals[0])] = r.Vals[1]
 	}
-	for _, w := range []pyTask{finalAnn[0], finalAnn[1], byOwner["bob@example.com"][0], byOwner["bob@example.com"][1]} {
+	for _, w := range []pyTask{finalAnn[0], finalAnn[1], byOwner["bob@example.com"][0], byOwner["bob@example.com"][1], {Title: "Extra task"}} {
 		d, ok := storedTitles[strconv.Quote(w.Title)]
 		if !ok || strOrNull(d) != strOrNull(w.Description) {
 			t.Errorf("stored task %q: ok=%v description %s, want %s", w.Title, ok, strOrNull(d), strOrNull(w.Description))
@@ -1099,7 +1116,7 @@ func TestClientSQLAlchemy(t *testing.T) {
 		}
 		planted = append(planted, m.Message)
 	}
-	planted = append(planted, "Upsert One", "bob@example.com", rollbackEmail, rollbackName, rollbackTask, "Buy milk", "Call Zoë", core[0].Email)
+	planted = append(planted, "Extra O'Ne", "Upsert One", "bob@example.com", rollbackEmail, rollbackName, rollbackTask, "Buy milk", "Call Zoë", core[0].Email)
 	assertNoPlaintext(t, p, planted...)
 }
 

@@ -22,7 +22,8 @@ import sqlalchemy
 from sqlalchemy import (BigInteger, Boolean, Column, DateTime, ForeignKey,
                         Integer, Text, create_engine, func, select, text)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.orm import Session, declarative_base, relationship
+from sqlalchemy.orm import (Session, declarative_base, joinedload, relationship,
+                            selectinload)
 
 Base = declarative_base()
 
@@ -236,6 +237,35 @@ def main():
                 cur.copy_expert("COPY users (email, full_name, age) FROM STDIN WITH (FORMAT csv)", buf)
     finally:
         raw.close()
+
+    # More ORM forms on one user: FOR UPDATE, EXISTS, eager loading
+    # (joinedload wraps the LIMITed query in a subquery; selectinload uses
+    # IN on tasks.user_id), an empty IN list, UPDATE ... RETURNING.
+    ex = data["extras"]
+    with Session(engine) as s:
+        u = User(email=ex["email"], full_name=ex["full_name"], age=5)
+        s.add(u)
+        s.flush()
+        s.add(Task(user_id=u.id, title=ex["task_title"], description=None))
+        s.commit()
+    extras = {}
+    with Session(engine) as s:
+        extras["for_update"] = s.query(User).filter(User.email == ex["email"]).with_for_update().one().full_name
+        s.commit()
+        extras["exists"] = s.query(sqlalchemy.exists().where(User.email == ex["email"])).scalar()
+        extras["exists_missing"] = s.query(sqlalchemy.exists().where(User.email == "missing@example.com")).scalar()
+    with Session(engine) as s:
+        u = s.query(User).options(joinedload(User.tasks)).filter(User.email == ex["email"]).first()
+        extras["joinedload"] = [u.full_name] + [t.title for t in u.tasks]
+    with Session(engine) as s:
+        extras["selectinload"] = [[u.full_name] + [t.title for t in u.tasks] for u in
+                                  s.query(User).options(selectinload(User.tasks)).filter(User.email == ex["email"]).all()]
+        extras["empty_in"] = s.query(User).filter(User.email.in_([])).count()
+    with Session(engine) as s:
+        extras["update_returning"] = s.execute(sqlalchemy.update(User).where(User.email == ex["email"]).values(
+            full_name=ex["new_name"]).returning(User.full_name, User.email)).all()[0]._asdict()
+        s.commit()
+    out["extras"] = extras
 
     # Server-side cursor: yield_per with stream_results (psycopg2 named
     # cursor, DECLARE ... CURSOR and FETCH FORWARD).
