@@ -22,7 +22,7 @@ import (
 
 // testKeys are the keys of one test's proxy.
 type testKeys struct {
-	Enc, Fallback, Hash string
+	Enc, Fallback, Hash, HashFallback string
 }
 
 func newTestKeys(t testing.TB) testKeys {
@@ -41,6 +41,9 @@ func (k testKeys) env() map[string]string {
 	m := map[string]string{"ENCRYPTION_KEY": k.Enc, "ENCRYPTION_HASH_KEY": k.Hash}
 	if k.Fallback != "" {
 		m["ENCRYPTION_KEY_FALLBACK"] = k.Fallback
+	}
+	if k.HashFallback != "" {
+		m["ENCRYPTION_HASH_KEY_FALLBACK"] = k.HashFallback
 	}
 	return m
 }
@@ -111,6 +114,17 @@ func startProxy(t testing.TB, o proxyOpts) *testProxy {
 	if o.keys != nil {
 		keys = *o.keys
 	}
+	return serveProxy(t, c, db, keys, o)
+}
+
+// startProxyOn starts another proxy in front of p's database, with other keys.
+func startProxyOn(t testing.TB, p *testProxy, keys testKeys) *testProxy {
+	t.Helper()
+	return serveProxy(t, p.Cluster, p.DB, keys, proxyOpts{})
+}
+
+func serveProxy(t testing.TB, c *pgtest.Cluster, db string, keys testKeys, o proxyOpts) *testProxy {
+	t.Helper()
 	tables := o.yaml
 	if tables == "" {
 		tables = appTables
@@ -178,7 +192,7 @@ func (p *testProxy) Direct(t testing.TB) *pgx.Conn {
 // Keyring builds the test's keyring (to check stored tokens).
 func (p *testProxy) Keyring(t testing.TB) *keyring.Keyring {
 	t.Helper()
-	kr, err := keyring.Load(config.Keys{EncryptionKey: "env:ENCRYPTION_KEY", FallbackKeys: "env:ENCRYPTION_KEY_FALLBACK", HashKey: "env:ENCRYPTION_HASH_KEY", KeyVersion: 1},
+	kr, err := keyring.Load(config.Keys{EncryptionKey: "env:ENCRYPTION_KEY", FallbackKeys: "env:ENCRYPTION_KEY_FALLBACK", HashKey: "env:ENCRYPTION_HASH_KEY", FallbackHashKeys: "env:ENCRYPTION_HASH_KEY_FALLBACK", KeyVersion: 1},
 		func(k string) (string, bool) { v, ok := p.Keys.env()[k]; return v, ok }, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -95,7 +95,7 @@ func newAdminFlags(name string, e *env) *adminFlags {
 func (f *adminFlags) dataFlags(verify bool) {
 	f.fs.StringVar(&f.table, "table", "", "only this configured table (comma-separated for several)")
 	f.fs.IntVar(&f.batchSize, "batch-size", backfill.DefaultBatchSize, "rows per batch; each batch is one transaction")
-	f.fs.IntVar(&f.workers, "workers", 1, "batches processed in parallel")
+	f.fs.IntVar(&f.workers, "workers", 2, "batches processed in parallel (one encrypts while another writes)")
 	f.fs.StringVar(&f.shard, "shard", "", "I/N: only the rows of shard I of N (by a hash of the primary key), e.g. $(JOB_COMPLETION_INDEX)/N in a Kubernetes Indexed Job")
 	if verify {
 		f.fs.BoolVar(&f.json, "json", false, "print the report as JSON")
