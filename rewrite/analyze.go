@@ -305,6 +305,45 @@ func (a *analyzer) scanClose(pos int) int {
 
 func (a *analyzer) tokText(tk token) string { return a.t[tk.start:tk.end] }
 
+// widenParens extends v's outer span over balanced parentheses written
+// around it, as drivers do (pgjdbc's simple mode sends email = ('x')); from
+// is where the text before the value starts (after the column).
+func (a *analyzer) widenParens(from int, v valRef) valRef {
+	if from < 0 || from > v.outerStart {
+		return v
+	}
+	var opens []int
+	l := a.lexAt(from)
+	for {
+		tk := l.next()
+		if tk.kind == tkEOF || tk.start >= v.outerStart {
+			break
+		}
+		if tk.kind == tkSpace || tk.kind == tkComment {
+			continue
+		}
+		if a.tokText(tk) == "(" {
+			opens = append(opens, tk.start)
+		} else {
+			opens = opens[:0]
+		}
+	}
+	n, end := 0, v.outerEnd
+	for n < len(opens) {
+		tk := a.nextSig(end)
+		if tk.kind == tkEOF || a.tokText(tk) != ")" {
+			break
+		}
+		end = tk.end
+		n++
+	}
+	if n == 0 {
+		return v
+	}
+	v.outerStart, v.outerEnd = opens[len(opens)-n], end
+	return v
+}
+
 // onlyTokens reports whether t[from:to] holds only the given tokens
 // (compared case-insensitively), spaces and comments.
 func (a *analyzer) onlyTokens(from, to int, allowed ...string) bool {
@@ -1490,6 +1529,7 @@ func (a *analyzer) aexpr(x *pg.A_Expr, sc *scope) {
 		cs := a.mustColSpan(cr, enc)
 		var start, end int
 		if colFirst {
+			v = a.widenParens(cs.end, v)
 			if !a.onlyTokens(cs.end, v.outerStart, opTokens...) {
 				a.refuseCol(enc, "this form of comparison", ReasonUnsupported, "write col = value without parentheses around the column")
 			}
@@ -1523,6 +1563,22 @@ func (a *analyzer) aexpr(x *pg.A_Expr, sc *scope) {
 		}
 		a.checkLookup(l)
 		cs := a.mustColSpan(lcr, enc)
+		// Parentheses around a list item are the item's; the list's own
+		// opening parenthesis is not.
+		listOpen := cs.end
+		for tk := a.nextSig(listOpen); tk.kind != tkEOF && tk.start < vals[0].outerStart; tk = a.nextSig(listOpen) {
+			listOpen = tk.end
+			if a.tokText(tk) == "(" {
+				break
+			}
+		}
+		for i := range vals {
+			from := listOpen
+			if i > 0 {
+				from = vals[i-1].outerEnd
+			}
+			vals[i] = a.widenParens(from, vals[i])
+		}
 		if !a.onlyTokens(cs.end, vals[0].outerStart, "not", "in", "(") {
 			a.refuseCol(enc, "this form of IN", ReasonUnsupported, "write col IN (v1, v2, ...)")
 		}

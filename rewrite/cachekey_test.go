@@ -1,6 +1,9 @@
 package rewrite
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 // A statement with constants and the same statement with parameters in
 // their place normalize to the same text; their plans must not be shared.
@@ -25,5 +28,28 @@ func TestCacheKeyLiteralsVersusParams(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// Parentheses around a compared value, as pgjdbc's simple mode writes them.
+func TestParenthesizedValues(t *testing.T) {
+	r := mustRules(t, Options{})
+	for sql, want := range map[string]string{
+		"SELECT id FROM users WHERE email = ('x')":              "email_hash = ",
+		"SELECT id FROM users WHERE email = (('x'))":            "email_hash = ",
+		"SELECT id FROM users WHERE email IN ('a')":             "email_hash IN (",
+		"SELECT id FROM users WHERE email IN (('a'), ('b'))":    "email_hash IN (",
+		"SELECT id FROM users WHERE email IN ('a', ('b'))":      "email_hash IN (",
+		"SELECT id FROM users WHERE (email = ('x')) AND id = 1": "email_hash = ",
+	} {
+		p, lits, err := r.Analyze(sql)
+		if err != nil || p.Kind != KindRewrite {
+			t.Fatalf("%s: kind %v err %v refusal %v", sql, p.Kind, err, p.Refusal)
+		}
+		out, err := p.Render(nil, sql, lits, func(a Action, v []byte) ([]byte, error) { return []byte("H"), nil })
+		if err != nil || !strings.Contains(string(out), want) || strings.Contains(string(out), "'a'") || strings.Contains(string(out), "'x'") {
+			t.Fatalf("%s -> %s (%v)", sql, out, err)
+		}
+		checkPlanInvariants(t, sql, sql, p, lits)
 	}
 }
