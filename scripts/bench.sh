@@ -131,6 +131,7 @@ status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 
 log "building pgveil"
 go build -o "$WORK/pgveil" ./cmd/pgveil
+go build -o "$WORK/relay" ./scripts/bench/relay
 PGVEIL=$WORK/pgveil
 
 if [ -n "${DATABASE_URL:-}" ]; then
@@ -386,6 +387,29 @@ if [ -n "$PERF_OK" ]; then
 	profile "$BOUNCER_PID" select-pgbouncer "PgBouncer, pgbench -S -M extended" \
 		"$PGBIN/pgbench" -n -h 127.0.0.1 -p "$BOUNCER_PORT" -S -c "$CLIENTS" -j "$THREADS" -T 5 -M extended "$DB_PGBENCH"
 fi
+
+# Reference: bare Go relays (scripts/bench/relay) that only move bytes, one
+# with a goroutine per direction as pgveil, one with a raw epoll loop as
+# PgBouncer, next to PgBouncer and pgveil, interleaved.
+log "reference relays: pgbench -S -M prepared, 5 s, 2 rounds"
+RELAY_G_PORT=$(free_port)
+RELAY_E_PORT=$(free_port)
+setsid "$WORK/relay" -mode goroutines "127.0.0.1:$RELAY_G_PORT" "$PGHOST:$PGPORT" >"$WORK/relay-g.log" 2>&1 &
+RELAY_G_PID=$!
+PIDS_TO_KILL+=("$RELAY_G_PID")
+setsid "$WORK/relay" -mode epoll "127.0.0.1:$RELAY_E_PORT" "$PGHOST:$PGPORT" >"$WORK/relay-e.log" 2>&1 &
+RELAY_E_PID=$!
+PIDS_TO_KILL+=("$RELAY_E_PID")
+sleep 0.5
+for round in 1 2; do
+	args=(-S -c "$CLIENTS" -j "$THREADS" -T 5 -M prepared)
+	run_pgbench relay prepared pgbouncer "$round" "$BOUNCER_PORT" "$DB_PGBENCH" "$BOUNCER_PID" "${args[@]}"
+	run_pgbench relay prepared pgveil "$round" "$PGVEIL_PORT" "$DB_PGBENCH" "$PGVEIL_PID" "${args[@]}"
+	run_pgbench relay prepared relay-goroutines "$round" "$RELAY_G_PORT" "$DB_PGBENCH" "$RELAY_G_PID" "${args[@]}"
+	run_pgbench relay prepared relay-epoll "$round" "$RELAY_E_PORT" "$DB_PGBENCH" "$RELAY_E_PID" "${args[@]}"
+done
+kill "$RELAY_G_PID" "$RELAY_E_PID" 2>/dev/null || true
+wait "$RELAY_G_PID" "$RELAY_E_PID" 2>/dev/null || true
 
 # ---------------------------------------------------------------------------
 # 3. Encrypted OLTP: pgveil + encrypted schema vs PgBouncer + plaintext schema

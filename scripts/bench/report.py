@@ -173,6 +173,21 @@ def main():
                    f"| {per_round(('select', mode, 'pgveil'))} |")
     out.append("")
 
+    # -- reference relays ----------------------------------------------------
+    if runs.get(("relay", "prepared", "relay-epoll")):
+        out.append("### Reference: what moving bytes costs in Go\n")
+        out.append("`scripts/bench/relay` forwards bytes and does nothing else, built two ways: a goroutine per "
+                   "direction with `io.Copy` (how pgveil moves bytes: blocking reads woken by the Go "
+                   "netpoller) and one OS thread with a raw epoll loop (how PgBouncer's libevent loop works). "
+                   "`pgbench -S -M prepared -T 5`, 2 interleaved rounds, medians; CPU of each process.\n")
+        out.append("| target | tps | CPU µs/tx |\n|---|--:|--:|")
+        for target, label in (("pgbouncer", "PgBouncer"), ("pgveil", "pgveil"),
+                              ("relay-goroutines", "bare Go relay, goroutine per direction"),
+                              ("relay-epoll", "bare Go relay, epoll loop")):
+            key = ("relay", "prepared", target)
+            out.append(f"| {label} | {fmt(tps_med(key))} | {fmt(us_per_tx(key), 1)} |")
+        out.append("")
+
     # -- memory --------------------------------------------------------------
     out.append("## 2. Memory with idle clients\n")
     idle = facts.get("idle_conns", "200")

@@ -1,0 +1,186 @@
+//go:build linux
+
+// Command relay is a bare TCP relay used by scripts/bench.sh as a reference
+// point: it forwards bytes between a client and PostgreSQL and does nothing
+// else, so its CPU time per transaction is the floor for a proxy built the
+// same way.
+//
+//	relay -mode goroutines LISTEN UPSTREAM   two goroutines per connection, io.Copy each way
+//	relay -mode epoll LISTEN UPSTREAM        one OS thread, raw epoll, non-blocking sockets
+//
+// The first is how pgveil (and most Go proxies) move bytes: blocking reads on
+// net.Conn, woken by the runtime's netpoller. The second bypasses the
+// netpoller and the goroutine scheduler, as PgBouncer's libevent loop does.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"syscall"
+)
+
+func main() {
+	mode := flag.String("mode", "goroutines", "goroutines | epoll")
+	flag.Parse()
+	if flag.NArg() != 2 {
+		fmt.Fprintln(os.Stderr, "usage: relay -mode goroutines|epoll LISTEN_ADDR UPSTREAM_ADDR")
+		os.Exit(2)
+	}
+	var err error
+	switch *mode {
+	case "goroutines":
+		err = relayGoroutines(flag.Arg(0), flag.Arg(1))
+	case "epoll":
+		err = relayEpoll(flag.Arg(0), flag.Arg(1))
+	default:
+		err = fmt.Errorf("unknown -mode %q", *mode)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "relay:", err)
+		os.Exit(1)
+	}
+}
+
+func relayGoroutines(listen, upstream string) error {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			u, err := net.Dial("tcp", upstream)
+			if err != nil {
+				return
+			}
+			defer u.Close()
+			go func() {
+				_, _ = io.Copy(u, c)
+				_ = u.Close()
+			}()
+			_, _ = io.Copy(c, u)
+		}()
+	}
+}
+
+func sockaddr(addr string) (*syscall.SockaddrInet4, error) {
+	a, err := net.ResolveTCPAddr("tcp4", addr)
+	if err != nil {
+		return nil, err
+	}
+	sa := &syscall.SockaddrInet4{Port: a.Port}
+	copy(sa.Addr[:], a.IP.To4())
+	return sa, nil
+}
+
+func relayEpoll(listen, upstream string) error {
+	runtime.LockOSThread()
+	la, err := sockaddr(listen)
+	if err != nil {
+		return err
+	}
+	ua, err := sockaddr(upstream)
+	if err != nil {
+		return err
+	}
+	lfd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	if err := syscall.SetsockoptInt(lfd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); err != nil {
+		return err
+	}
+	if err := syscall.Bind(lfd, la); err != nil {
+		return err
+	}
+	if err := syscall.Listen(lfd, 512); err != nil {
+		return err
+	}
+	ep, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return err
+	}
+	watch := func(fd int) error {
+		return syscall.EpollCtl(ep, syscall.EPOLL_CTL_ADD, fd, &syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(fd)})
+	}
+	if err := watch(lfd); err != nil {
+		return err
+	}
+	peer := map[int]int{}
+	closePair := func(fd int) {
+		p := peer[fd]
+		delete(peer, fd)
+		delete(peer, p)
+		_ = syscall.Close(fd)
+		_ = syscall.Close(p)
+	}
+	buf := make([]byte, 64<<10)
+	events := make([]syscall.EpollEvent, 128)
+	for {
+		n, err := syscall.EpollWait(ep, events, -1)
+		if errors.Is(err, syscall.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		for _, ev := range events[:n] {
+			fd := int(ev.Fd)
+			if fd == lfd {
+				c, _, err := syscall.Accept4(lfd, syscall.SOCK_CLOEXEC)
+				if err != nil {
+					continue
+				}
+				// A blocking connect: the relay is a benchmark reference,
+				// upstream is local.
+				u, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+				if err == nil {
+					err = syscall.Connect(u, ua)
+				}
+				if err != nil {
+					_ = syscall.Close(c)
+					if u > 0 {
+						_ = syscall.Close(u)
+					}
+					continue
+				}
+				_ = syscall.SetsockoptInt(c, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
+				_ = syscall.SetsockoptInt(u, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
+				peer[c], peer[u] = u, c
+				if watch(c) != nil || watch(u) != nil {
+					closePair(c)
+				}
+				continue
+			}
+			p, ok := peer[fd]
+			if !ok {
+				continue
+			}
+			m, err := syscall.Read(fd, buf)
+			if m <= 0 || err != nil {
+				closePair(fd)
+				continue
+			}
+			// Blocking sockets: a write completes (the peer's receive
+			// buffer drains, since its reader is the other side's loop or
+			// a client).
+			for off := 0; off < m; {
+				w, err := syscall.Write(p, buf[off:m])
+				if err != nil {
+					closePair(fd)
+					break
+				}
+				off += w
+			}
+		}
+	}
+}
