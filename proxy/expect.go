@@ -35,7 +35,10 @@ type expect struct {
 	// catalog: the entry is pgveil's catalog query; its rows rebuild the
 	// session's catalog.
 	catalog bool
-	snap    *Snapshot // catalog: the configuration the query was built from
+	// raised: the entry is pgveil's stand-in for a refused statement; its
+	// ErrorResponse is the client's reply.
+	raised bool
+	snap   *Snapshot // catalog: the configuration the query was built from
 	// sent is when the client's message arrived (Sync, Query), for the
 	// statement duration metrics.
 	sent time.Time

@@ -89,7 +89,10 @@ type statement struct {
 	// ParameterDescription; pgveil's hidden ones follow and are cut off.
 	clientParams int
 	hidden       int
-	described    bool // [client] the client sent Describe for it
+	// declared holds the client's parameter types when pgveil changed one
+	// of them in the Parse it sent; ParameterDescription reports them.
+	declared  []uint32
+	described bool // [client] the client sent Describe for it
 
 	rows      *rowInfo // [server] from the Describe reply
 	rowsKnown bool     // [server]
@@ -468,7 +471,7 @@ func (s *Session) raiseQuery(plan *rewrite.Plan, err error) error {
 	q := pgproto3.Query{String: raiseSQL(err)}
 	frame, _ := q.Encode(s.encBuf[:0])
 	s.encBuf = frame
-	return s.send(expect{kind: expQuery, sent: time.Now()}, frame)
+	return s.send(expect{kind: expQuery, sent: time.Now(), raised: true}, frame)
 }
 
 // raiseExtended sends, in place of a refused Parse or Bind, an unnamed
@@ -484,7 +487,7 @@ func (s *Session) raiseExtended(err error) error {
 	buf, _ = (&pgproto3.Execute{}).Encode(buf)
 	s.encBuf = buf
 	if !s.q.push(expect{kind: expParse, drop: true}) || !s.q.push(expect{kind: expBind, drop: true}) ||
-		!s.q.push(expect{kind: expExecute}) {
+		!s.q.push(expect{kind: expExecute, raised: true}) {
 		return net.ErrClosed
 	}
 	_, werr := s.uw.Write(buf)
@@ -560,17 +563,23 @@ func (s *Session) onParse() error {
 	for len(oids) < nClient {
 		oids = append(oids, 0)
 	}
+	var declared []uint32
 	for i, a := range plan.ClientParams {
-		// A parameter pgveil turns into a token or hash is text now,
-		// whatever the client declared.
-		if a.Op != rewrite.OpNone && i < len(oids) && oids[i] != 0 {
+		// A parameter pgveil turns into a token or hash must have a text
+		// type; a text-like type the client declared (pgjdbc's varchar)
+		// stays, anything else becomes text and ParameterDescription
+		// reports the client's own type back.
+		if a.Op != rewrite.OpNone && i < len(oids) && oids[i] != 0 && !textLike(a.Op, oids[i]) {
+			if declared == nil {
+				declared = append([]uint32(nil), p.ParameterOIDs...)
+			}
 			oids[i] = oidForOp(a.Op)
 		}
 	}
 	for _, h := range plan.Hidden {
 		oids = append(oids, oidForOp(h.Action.Op))
 	}
-	st := &statement{name: p.Name, plan: plan, clientParams: nClient, hidden: len(plan.Hidden)}
+	st := &statement{name: p.Name, plan: plan, clientParams: nClient, hidden: len(plan.Hidden), declared: declared}
 	s.stmts[p.Name] = st
 	np := pgproto3.Parse{Name: p.Name, Query: string(out), ParameterOIDs: oids}
 	frame, _ := np.Encode(s.encBuf[:0])
@@ -580,9 +589,23 @@ func (s *Session) onParse() error {
 
 // PostgreSQL type OIDs pgveil declares for the values it computes.
 const (
-	oidText      = 25
-	oidTextArray = 1009
+	oidText         = 25
+	oidUnknown      = 705
+	oidVarchar      = 1043
+	oidTextArray    = 1009
+	oidVarcharArray = 1015
 )
+
+// textLike reports whether a declared parameter type can carry what op
+// makes of the value (a token or hash is text; an array of them text[]).
+func textLike(op rewrite.Op, oid uint32) bool {
+	switch op {
+	case rewrite.OpHashAll, rewrite.OpHashArray:
+		return oid == oidTextArray || oid == oidVarcharArray
+	default:
+		return oid == oidText || oid == oidVarchar || oid == oidUnknown
+	}
+}
 
 func oidForOp(op rewrite.Op) uint32 {
 	switch op {
@@ -837,12 +860,12 @@ func (s *Session) onServerMessage(st *serverState, typ byte) error {
 		if st.discarding {
 			return s.ur.skip()
 		}
-		if e.kind == expDescribeStmt && e.stmt != nil && e.stmt.hidden > 0 {
+		if e.kind == expDescribeStmt && e.stmt != nil && (e.stmt.hidden > 0 || e.stmt.declared != nil) {
 			body, err := s.ur.body()
 			if err != nil {
 				return err
 			}
-			s.writeParameterDescription(body, e.stmt.clientParams)
+			s.writeParameterDescription(body, e.stmt)
 			return nil
 		}
 		return s.ur.forward(s.cw)
@@ -899,10 +922,16 @@ func (s *Session) onServerMessage(st *serverState, typ byte) error {
 		st.copyOut = nil
 		if e.kind == expQuery {
 			st.qrows = nil
+			if e.raised && !st.discarding {
+				return s.forwardRaised()
+			}
 			return s.forwardUnless(e.drop || st.discarding)
 		}
 		st.execActive, st.execRows = false, nil
 		clientOwned := s.q.popUntilSync()
+		if e.raised && !st.discarding {
+			return s.forwardRaised()
+		}
 		return s.forwardUnless(!clientOwned || st.discarding)
 	case 'H': // CopyOutResponse
 		e, _ := s.q.peek()
@@ -955,19 +984,29 @@ func (s *Session) execRowInfo(st *serverState, e expect) *rowInfo {
 }
 
 // writeParameterDescription forwards a ParameterDescription without the
-// parameters pgveil added.
-func (s *Session) writeParameterDescription(body []byte, n int) {
+// parameters pgveil added and with the types the client declared.
+func (s *Session) writeParameterDescription(body []byte, st *statement) {
 	if len(body) < 2 {
 		return
 	}
 	have := int(binary.BigEndian.Uint16(body))
+	n := st.clientParams
 	if n > have || n < 0 {
 		n = have
+	}
+	if len(body) < 2+4*have {
+		return
 	}
 	out := s.srvState.out[:0]
 	out, start := appendFrameHeader(out, 't')
 	out = binary.BigEndian.AppendUint16(out, uint16(n))
-	out = append(out, body[2:2+4*n]...)
+	for i := 0; i < n; i++ {
+		oid := binary.BigEndian.Uint32(body[2+4*i:])
+		if i < len(st.declared) && st.declared[i] != 0 {
+			oid = st.declared[i]
+		}
+		out = binary.BigEndian.AppendUint32(out, oid)
+	}
 	out = finishFrame(out, start)
 	s.srvState.out = out
 	_, _ = s.cw.Write(out)
@@ -989,4 +1028,27 @@ func (s *Session) observeStatement(e expect) {
 	m.ObserveStatement(d)
 	m.ObserveOverhead(ov)
 	m.ObserveUpstreamWait(d - ov)
+}
+
+// forwardRaised forwards the error PostgreSQL raised for pgveil's refusal
+// without its CONTEXT ("PL/pgSQL function inline_code_block ..."), which
+// would tell the client how pgveil refuses, not why.
+func (s *Session) forwardRaised() error {
+	body, err := s.ur.body()
+	if err != nil {
+		return err
+	}
+	var er pgproto3.ErrorResponse
+	if err := er.Decode(body); err != nil {
+		s.writeClientFrame('E', body)
+		return nil
+	}
+	er.Where = ""
+	out, err := er.Encode(s.srvState.out[:0])
+	if err != nil {
+		return err
+	}
+	s.srvState.out = out
+	_, err = s.cw.Write(out)
+	return err
 }

@@ -3,12 +3,14 @@ package test
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -113,4 +115,17 @@ func TestServerClosesSession(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	_ = testutil.ToFloat64
+}
+
+// A refusal reads like any error: no trace of how pgveil raised it.
+func TestRefusalHasNoContext(t *testing.T) {
+	p := startProxy(t, proxyOpts{})
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+		c := connMode(t, p.DSN(pgtest.TrustUser), mode)
+		_, err := c.Exec(context.Background(), "SELECT * FROM users WHERE email LIKE 'a%'")
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "0A000" || pe.Where != "" || pe.Hint == "" {
+			t.Fatalf("%v: %#v", mode, pe)
+		}
+	}
 }
