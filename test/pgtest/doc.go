@@ -3,8 +3,9 @@
 //
 // One throwaway cluster is started per test binary, lazily, by the first
 // call to Get (or Shared): initdb into a temporary directory, then the
-// postgres server from the installed binaries (pg_config --bindir, else the
-// newest /usr/lib/postgresql/*/bin) on a free port of 127.0.0.1, with
+// postgres server from the installed binaries (PGVEIL_TEST_PGBIN, else
+// pg_config --bindir, else the newest /usr/lib/postgresql/*/bin) on a free
+// port of 127.0.0.1, with
 // fsync=off, ssl=on and max_connections=300. When the test process runs as
 // root, initdb and postgres run as the postgres OS user. Main, called from
 // TestMain, stops the cluster and removes its directory when the tests end;
