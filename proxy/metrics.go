@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgveil/pgveil/rewrite"
 )
 
 // Label values of pgveil_connections_total{result}. A client connection is
@@ -28,17 +30,17 @@ const (
 )
 
 // Label values of pgveil_rejections_total{reason}. The first nine are the
-// values of rewrite.RefusalError.Reason.
+// values of rewrite.RefusalError.Reason, defined there once.
 const (
-	ReasonLike                 = "like"
-	ReasonRange                = "range"
-	ReasonOrderBy              = "order_by"
-	ReasonGroupBy              = "group_by"
-	ReasonDistinct             = "distinct"
-	ReasonFunction             = "function"
-	ReasonEqualityWithoutIndex = "equality_without_index"
-	ReasonInsertSelect         = "insert_select"
-	ReasonUnsupported          = "unsupported"
+	ReasonLike                 = rewrite.ReasonLike
+	ReasonRange                = rewrite.ReasonRange
+	ReasonOrderBy              = rewrite.ReasonOrderBy
+	ReasonGroupBy              = rewrite.ReasonGroupBy
+	ReasonDistinct             = rewrite.ReasonDistinct
+	ReasonFunction             = rewrite.ReasonFunction
+	ReasonEqualityWithoutIndex = rewrite.ReasonEqualityWithoutIndex
+	ReasonInsertSelect         = rewrite.ReasonInsertSelect
+	ReasonUnsupported          = rewrite.ReasonUnsupported
 	ReasonTooLarge             = "too_large"     // value over max_size: 54000
 	ReasonInvalidInput         = "invalid_input" // refused by sanitize_input: 22021
 	ReasonParse                = "parse"         // SQL pg_query could not parse on a configured table
