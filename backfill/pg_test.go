@@ -347,6 +347,27 @@ func TestUniqueWaitRetries(t *testing.T) {
 		sum, err = j.Run(ctxT(t), pool)
 		done <- err
 	}()
+	// Wait until the batch really waits on the uncommitted row (a loaded
+	// machine may take a while to get there), then long enough for
+	// lock_timeout to end at least one attempt.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var waiting int
+		if err := pool.QueryRow(ctxT(t), "SELECT count(*) FROM pg_locks WHERE NOT granted").Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting > 0 {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("run finished while a unique check had to wait: %v", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the batch never waited on the uncommitted row")
+		}
+	}
 	select {
 	case err := <-done:
 		t.Fatalf("run finished while a unique check had to wait: %v", err)

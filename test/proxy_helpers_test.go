@@ -125,6 +125,7 @@ func startProxyOn(t testing.TB, p *testProxy, keys testKeys) *testProxy {
 
 func serveProxy(t testing.TB, c *pgtest.Cluster, db string, keys testKeys, o proxyOpts) *testProxy {
 	t.Helper()
+	plant(keys.Enc, keys.Fallback, keys.Hash, keys.HashFallback)
 	tables := o.yaml
 	if tables == "" {
 		tables = appTables
@@ -256,6 +257,7 @@ func storedValue(t testing.TB, db *pgx.Conn, table, col string, id int64) *strin
 // fails if any of the given plaintext values is stored anywhere.
 func assertNoPlaintext(t testing.TB, p *testProxy, plaintexts ...string) {
 	t.Helper()
+	plant(plaintexts...) // and none may appear in any log (zz_logscan_test.go)
 	db := p.Direct(t)
 	rows, err := db.Query(context.Background(), `SELECT table_name, column_name FROM information_schema.columns
 		WHERE table_schema = 'public' AND data_type IN ('text', 'character varying') AND table_name IN ('users','tasks','chat_history')`)
