@@ -429,6 +429,9 @@ for mode in simple prepared; do
 			run_pgbench oltp "$script/$mode" pgveil "$round" "$PGVEIL_PORT" "$DB_ENC" "$PGVEIL_PID" "${args[@]}"
 		done
 	done
+	profile "$PGVEIL_PID" "oltp-$mode" "pgveil, encrypted OLTP -M $mode (lookup and insert scripts mixed)" \
+		"$PGBIN/pgbench" -n -h 127.0.0.1 -p "$PGVEIL_PORT" -c "$CLIENTS" -j "$THREADS" -T 5 -M "$mode" -D "users=$OLTP_USERS" \
+		-f "scripts/bench/lookup_$mode.sql" -f "scripts/bench/insert_$mode.sql" "$DB_ENC"
 done
 
 # Probe: the same lookup through one pgveil, first with an inlined literal

@@ -290,7 +290,7 @@ def main():
     # -- profiles ------------------------------------------------------------
     frags = []
     if workdir:
-        for name in ("select-pgveil", "select-pgbouncer", "bulk-pgveil"):
+        for name in ("select-pgveil", "select-pgbouncer", "oltp-simple", "oltp-prepared", "bulk-pgveil"):
             fp = os.path.join(workdir, f"profile-{name}.md")
             if os.path.exists(fp):
                 with open(fp) as f:
@@ -299,8 +299,8 @@ def main():
                     frags.append(text)
     if frags:
         out.append("## Where the CPU goes (perf, this run)\n")
-        out.append("`perf record -g` on the proxy process during one extra `pgbench -S -M extended` run each "
-                   "(not counted above) and during one extra bulk read. On loopback a sender's `write` also "
+        out.append("`perf record -g` on the proxy process during one extra `pgbench -S -M extended` run each, "
+                   "one extra encrypted OLTP run per protocol mode and one extra bulk read (none counted above). On loopback a sender's `write` also "
                    "runs the kernel's receive path for its peer, so both proxies pay for TCP twice per "
                    "message; what differs is the rest.\n")
         for text in frags:
