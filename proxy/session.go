@@ -627,6 +627,12 @@ func (s *Session) onBind() error {
 		return &fatalError{&pgError{code: codeProtocolViolation, msg: "pgveil: malformed Bind message"}}
 	}
 	s.snapshot() // a reload's new primary key encrypts this Bind's values
+	if len(s.portals) > 64 && !s.inBatch && s.txStatus.Load() == 'I' && s.q.empty() {
+		// Outside a transaction and a batch every portal is gone on the
+		// server; forget them so a client naming each portal anew does not
+		// grow this map.
+		clear(s.portals)
+	}
 	st := s.stmts[string(stmtName)]
 	pt := &portal{stmt: st}
 	s.portals[portalName] = pt
