@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -56,6 +57,9 @@ type Session struct {
 	catMissAt   time.Time             // [client] last reload for a configured table missing from the catalog
 	failedBatch bool                  // [client] pgveil refused a message; the server skips to Sync
 	encBuf      []byte                // [client] scratch for re-encoded messages
+	// lastParse remembers the last Parse that touched no configured table.
+	lastParse    *parseMemo // [client]
+	lastParseBuf []byte     // [client]
 
 	srvState serverState // [server]
 
@@ -101,6 +105,13 @@ type statement struct {
 // touchesConfigured says whether results may carry encrypted columns.
 func (st *statement) touchesConfigured() bool {
 	return st != nil && st.plan != nil && (st.plan.Kind == rewrite.KindRewrite || len(st.plan.Tables) > 0)
+}
+
+// parseMemo is a Parse forwarded unchanged, by its exact bytes.
+type parseMemo struct {
+	body []byte
+	snap *Snapshot
+	stmt *statement
 }
 
 // portal is a bound statement.
@@ -522,11 +533,22 @@ func (s *Session) onParse() error {
 	if err != nil {
 		return err
 	}
+	snap := s.snapshot()
+	if r := s.lastParse; r != nil && !s.needCatalog && r.snap == snap && bytes.Equal(r.body, body) {
+		// The same Parse as last time (clients that re-send the unnamed
+		// statement for every execution), on no configured table: forward
+		// it without decoding or planning again.
+		s.stats.statements.Add(1)
+		s.srv.Metrics.PlanCache(CacheSkip)
+		s.stmts[r.stmt.name] = r.stmt
+		frame := append(append(s.encBuf[:0], 'P', 0, 0, 0, 0), body...)
+		s.encBuf = finishFrame(frame, 0)
+		return s.send(expect{kind: expParse, stmt: r.stmt}, s.encBuf)
+	}
 	var p pgproto3.Parse
 	if err := p.Decode(body); err != nil {
 		return &fatalError{&pgError{code: codeProtocolViolation, msg: "pgveil: malformed Parse message"}}
 	}
-	snap := s.snapshot()
 	plan, lits, err := s.plan(snap, p.Query)
 	if err != nil {
 		delete(s.stmts, p.Name)
@@ -539,6 +561,12 @@ func (s *Session) onParse() error {
 	case rewrite.KindPassthrough:
 		st := &statement{name: p.Name, plan: plan, clientParams: -1}
 		s.stmts[p.Name] = st
+		if len(plan.Tables) == 0 && !plan.DDL && len(body) <= 4096 {
+			s.lastParse = &parseMemo{body: append(s.lastParseBuf[:0], body...), snap: snap, stmt: st}
+			s.lastParseBuf = s.lastParse.body
+		} else {
+			s.lastParse = nil
+		}
 		frame := append(append(s.encBuf[:0], 'P', 0, 0, 0, 0), body...)
 		s.encBuf = finishFrame(frame, 0)
 		return s.send(expect{kind: expParse, stmt: st}, s.encBuf)
@@ -765,6 +793,7 @@ type serverState struct {
 	decrypted  []int  // per key index, flushed to metrics at statement end
 	decErrors  int
 	decTime    time.Duration
+	decRows    int // DataRows decrypted, for sampling their timing
 }
 
 func (s *Session) serverLoop() {
