@@ -263,75 +263,82 @@ func (s *Session) clientLoop() error {
 				busySince = time.Time{}
 			}
 		}
-		typ, size, err := s.cr.next()
+		typ, _, err := s.cr.next()
 		if busySince.IsZero() {
 			busySince = time.Now()
 		}
-		if err != nil {
-			var tooLarge *MessageTooLargeError
-			if errors.As(err, &tooLarge) {
-				if err := s.refuseTooLarge(typ, tooLarge); err != nil {
-					return err
-				}
-				continue
-			}
+		if err := s.onClientMessage(typ, err, busySince); err != nil {
 			return err
 		}
-		if s.closing.Load() {
-			return net.ErrClosed
+	}
+}
+
+// onClientMessage handles one client message whose header next() read
+// (nextErr is next's error). Both I/O engines call it. io.EOF means the
+// client sent Terminate.
+func (s *Session) onClientMessage(typ byte, nextErr error, busySince time.Time) error {
+	if nextErr != nil {
+		var tooLarge *MessageTooLargeError
+		if errors.As(nextErr, &tooLarge) {
+			return s.refuseTooLarge(typ, tooLarge)
 		}
-		if s.copyIn != nil && typ != 'd' && typ != 'c' && typ != 'f' && typ != 'H' && typ != 'S' {
-			s.copyIn = nil // the COPY ended on the server before any data
-		}
-		switch typ {
-		case 'Q':
-			err = s.onQuery(busySince)
-		case 'P':
-			err = s.onParse()
-		case 'B':
-			err = s.onBind()
-		case 'D':
-			err = s.onDescribe()
-		case 'E':
-			err = s.onExecute()
-		case 'C':
-			err = s.onClose()
-		case 'S':
-			s.failedBatch, s.inBatch = false, false
-			err = s.forwardExpect(expect{kind: expSync, sent: busySince})
-		case 'd':
-			if s.copyIn != nil {
-				err = s.onCopyData()
-			} else {
-				err = s.cr.forward(s.uw)
-			}
-		case 'c', 'f': // CopyDone, CopyFail
-			if s.copyIn != nil {
-				err = s.endCopyIn(typ)
-			} else {
-				err = s.cr.forward(s.uw)
-			}
-		case 'F': // FunctionCall: a result, then ReadyForQuery
-			err = s.forwardExpect(expect{kind: expQuery, sent: busySince})
-		case 'X':
-			if err := s.cr.forward(s.uw); err != nil {
-				return err
-			}
-			_ = s.uw.Flush()
-			return io.EOF
-		default: // Flush, and anything else PostgreSQL will judge itself
+		return nextErr
+	}
+	if s.closing.Load() {
+		return net.ErrClosed
+	}
+	if s.copyIn != nil && typ != 'd' && typ != 'c' && typ != 'f' && typ != 'H' && typ != 'S' {
+		s.copyIn = nil // the COPY ended on the server before any data
+	}
+	var err error
+	switch typ {
+	case 'Q':
+		err = s.onQuery(busySince)
+	case 'P':
+		err = s.onParse()
+	case 'B':
+		err = s.onBind()
+	case 'D':
+		err = s.onDescribe()
+	case 'E':
+		err = s.onExecute()
+	case 'C':
+		err = s.onClose()
+	case 'S':
+		s.failedBatch, s.inBatch = false, false
+		err = s.forwardExpect(expect{kind: expSync, sent: busySince})
+	case 'd':
+		if s.copyIn != nil {
+			err = s.onCopyData()
+		} else {
 			err = s.cr.forward(s.uw)
 		}
-		if err != nil {
+	case 'c', 'f': // CopyDone, CopyFail
+		if s.copyIn != nil {
+			err = s.endCopyIn(typ)
+		} else {
+			err = s.cr.forward(s.uw)
+		}
+	case 'F': // FunctionCall: a result, then ReadyForQuery
+		err = s.forwardExpect(expect{kind: expQuery, sent: busySince})
+	case 'X':
+		if err := s.cr.forward(s.uw); err != nil {
 			return err
 		}
-		switch typ {
-		case 'P', 'B', 'D', 'E', 'C':
-			s.inBatch = true
-		}
-		s.afterStatement()
-		_ = size
+		_ = s.uw.Flush()
+		return io.EOF
+	default: // Flush, and anything else PostgreSQL will judge itself
+		err = s.cr.forward(s.uw)
 	}
+	if err != nil {
+		return err
+	}
+	switch typ {
+	case 'P', 'B', 'D', 'E', 'C':
+		s.inBatch = true
+	}
+	s.afterStatement()
+	return nil
 }
 
 // forwardExpect forwards the current message unchanged and records the
