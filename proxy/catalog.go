@@ -12,16 +12,22 @@ package proxy
 // ReadyForQuery, the session runs catalogQuery on its own upstream
 // connection (one round trip per connection; the client never sees it).
 //
-// When it is refreshed: after any statement the rewriter marks as DDL
-// (CREATE/ALTER/DROP/RENAME, so a renamed or recreated table is picked up),
-// the session reloads it at the next point where the connection is idle
-// between statements, before forwarding the client's next message. A
-// database created later is covered because each connection loads the
-// catalog of its own database. DDL run by another connection (a migration
-// run directly against Postgres) is picked up by connections opened after it
-// and, for older connections, at their next own DDL; the runbook tells
-// operators to reload (SIGHUP) after out-of-band DDL, which bumps the
-// generation every session compares against at statement boundaries.
+// When it is refreshed, always before the next statement and outside an
+// extended-protocol batch (where a simple Query would be out of place):
+//   - after any statement the rewriter marks as DDL (CREATE/ALTER/DROP/
+//     RENAME), so a table created, renamed or recreated through this
+//     connection is picked up;
+//   - when a statement names a configured table the catalog does not hold
+//     (created by another connection after this one opened), at most once
+//     a second;
+//   - after a reload (SIGHUP), whose new snapshot generation every session
+//     compares against at statement boundaries.
+//
+// A database created later is covered because each connection loads the
+// catalog of its own database. What is not seen at once: a configured table
+// dropped and recreated by another connection keeps its old OID in older
+// sessions until one of the events above; docs/RUNBOOK.md tells operators
+// to send SIGHUP after out-of-band DDL on configured tables.
 
 import (
 	"fmt"
