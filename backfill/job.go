@@ -302,6 +302,26 @@ func (b *batch) keyID(r int) string {
 }
 
 // scan reads rows (as selectList lays them out) into a new batch.
+// readBatch reads the next batch in primary-key order after the key after
+// (nil: from the start), for the job's shard.
+func (j *Job) readBatch(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo, after []string, sizeHint int) (*batch, error) {
+	var rows pgx.Rows
+	var err error
+	if after == nil {
+		rows, err = pool.Query(ctx, ti.batchQuery(false, j.Shard), j.BatchSize)
+	} else {
+		args := make([]any, 0, len(after)+1)
+		for _, k := range after {
+			args = append(args, k)
+		}
+		rows, err = pool.Query(ctx, ti.batchQuery(true, j.Shard), append(args, j.BatchSize)...)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return scanBatch(ti, rows, j.BatchSize, sizeHint)
+}
+
 func scanBatch(ti *tableInfo, rows pgx.Rows, capacity, sizeHint int) (*batch, error) {
 	defer rows.Close()
 	b := newBatch(ti, capacity)
@@ -428,23 +448,7 @@ func (j *Job) runTable(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo, s
 		after := lastKey
 		hint := 0
 		for seq := 0; ; seq++ {
-			var rows pgx.Rows
-			var err error
-			if after == nil {
-				rows, err = pool.Query(ctx, ti.batchQuery(false, j.Shard), j.BatchSize)
-			} else {
-				args := make([]any, 0, len(after)+1)
-				for _, k := range after {
-					args = append(args, k)
-				}
-				args = append(args, j.BatchSize)
-				rows, err = pool.Query(ctx, ti.batchQuery(true, j.Shard), args...)
-			}
-			if err != nil {
-				cancel(fmt.Errorf("pgveil: reading %s: %w", ti.full, err))
-				return
-			}
-			b, err := scanBatch(ti, rows, j.BatchSize, hint)
+			b, err := j.readBatch(ctx, pool, ti, after, hint)
 			if err != nil {
 				cancel(fmt.Errorf("pgveil: reading %s: %w", ti.full, err))
 				return

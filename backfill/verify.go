@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -124,22 +123,7 @@ func (j *Job) verifyTable(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo
 		defer close(work)
 		var after []string
 		for {
-			var rows pgx.Rows
-			var err error
-			if after == nil {
-				rows, err = pool.Query(ctx, ti.batchQuery(false, j.Shard), j.BatchSize)
-			} else {
-				args := make([]any, 0, len(after)+1)
-				for _, k := range after {
-					args = append(args, k)
-				}
-				rows, err = pool.Query(ctx, ti.batchQuery(true, j.Shard), append(args, j.BatchSize)...)
-			}
-			if err != nil {
-				cancel(fmt.Errorf("pgveil: reading %s: %w", ti.full, err))
-				return
-			}
-			b, err := scanBatch(ti, rows, j.BatchSize, 0)
+			b, err := j.readBatch(ctx, pool, ti, after, 0)
 			if err != nil {
 				cancel(fmt.Errorf("pgveil: reading %s: %w", ti.full, err))
 				return
