@@ -101,6 +101,20 @@ type Proxy struct {
 	StartupTimeout Duration `yaml:"startup_timeout"`
 	// PlanCacheSize is the number of rewrite plans kept. Default 4096.
 	PlanCacheSize int `yaml:"plan_cache_size"`
+	// EventLoops is the number of event-loop threads that carry sessions
+	// without TLS after startup (Linux; elsewhere every session runs on two
+	// goroutines). 0 switches the event loop off. Default: half the
+	// processors, at least 1.
+	EventLoops *int `yaml:"event_loops"`
+}
+
+// EventLoopThreads is the number of event-loop threads to run for
+// GOMAXPROCS processors; 0 means every session uses goroutines.
+func (p Proxy) EventLoopThreads(procs int) int {
+	if p.EventLoops != nil {
+		return *p.EventLoops
+	}
+	return max(1, procs/2)
 }
 
 // Table is one configured table (or view).

@@ -306,6 +306,7 @@ func TestValidation(t *testing.T) {
 		{"key_version", minimal + "keys: {key_version: -1}\n", 13, "keys.key_version: must be at least 1"},
 		{"message too small", minimal + "proxy: {max_message_size: 1000}\n", 13, "raise proxy.max_message_size or lower encryption.max_size"},
 		{"plan cache", minimal + "proxy: {plan_cache_size: -1}\n", 13, "plan_cache_size"},
+		{"event loops", minimal + "proxy: {event_loops: -1}\n", 13, "event_loops"},
 		{"log level", minimal + "log_level: loud\n", 13, "use debug, info, warn or error"},
 		{"admin listen", minimal + "admin_listen: nine\n", 13, `or "off" to disable`},
 	}

@@ -315,6 +315,9 @@ func (v *validator) validate() {
 	if p.PlanCacheSize < 0 {
 		v.problem("must be a positive number of plans (default 4096)", "proxy", "plan_cache_size")
 	}
+	if p.EventLoops != nil && (*p.EventLoops < 0 || *p.EventLoops > 256) {
+		v.problem("must be between 0 (every session on goroutines) and 256 threads; leave it out for half the processors", "proxy", "event_loops")
+	}
 	if p.StartupTimeout.D() < 0 {
 		v.problem("must be positive", "proxy", "startup_timeout")
 	}

@@ -35,9 +35,26 @@ func (e *MessageTooLargeError) SQLState() string { return "54000" }
 
 var errBadFrameLength = errors.New("pgveil: invalid protocol message length")
 
+// frameSource yields typed protocol frames. frameReader reads them from a
+// socket (blocking); memFrames from bytes an event loop has read.
+type frameSource interface {
+	// next reads the header of the next frame; the previous frame's body
+	// must have been consumed.
+	next() (byte, int, error)
+	// body returns the current frame's body, borrowed until the next call.
+	body() ([]byte, error)
+	// forward copies the current frame, header included, to w.
+	forward(w *bufio.Writer) error
+	// skip discards the current frame.
+	skip() error
+	// buffered reports how many input bytes are already in memory.
+	buffered() int
+}
+
 // frameReader reads typed protocol frames (type byte, int32 length, body)
 // from a buffered connection. Bodies are borrowed: valid until the next call.
 type frameReader struct {
+	src     io.Reader // what r reads from
 	r       *bufio.Reader
 	limit   int    // maximum body length
 	scratch []byte // body of frames larger than the read buffer
@@ -48,7 +65,7 @@ type frameReader struct {
 }
 
 func newFrameReader(r io.Reader, limit int) *frameReader {
-	return &frameReader{r: bufio.NewReaderSize(r, ioBufferSize), limit: limit, read: true}
+	return &frameReader{src: r, r: bufio.NewReaderSize(r, ioBufferSize), limit: limit, read: true}
 }
 
 // next reads the header of the next frame. The previous frame's body must

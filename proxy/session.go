@@ -37,9 +37,9 @@ type Session struct {
 	database     string
 	cancel       cancelKey // guarded by srv.mu
 
-	cr   *frameReader  // [client]
+	cr   frameSource   // [client]
 	uw   *bufio.Writer // [client]
-	ur   *frameReader  // [server]
+	ur   frameSource   // [server]
 	cw   *bufio.Writer // [server], under cwMu
 	cwMu sync.Mutex
 
@@ -73,6 +73,8 @@ type Session struct {
 	closing   atomic.Bool
 	// started is set once startup finished and the loops run.
 	started atomic.Bool
+	// ev is the session's event-loop state when the event loop carries it.
+	ev atomic.Pointer[evState]
 	// connMu guards client and upstream while startup replaces them, for
 	// kill called from other goroutines.
 	connMu sync.Mutex
@@ -158,6 +160,21 @@ func (s *Session) serve() {
 	s.srv.Metrics.ConnOpened()
 	defer s.srv.Metrics.ConnClosed()
 	s.log.Info("session opened", "database", s.database)
+	defer func() {
+		s.log.Info("session closed", "statements", s.stats.statements.Load(),
+			"rewritten", s.stats.rewritten.Load(), "refused", s.stats.refused.Load(),
+			"duration_ms", time.Since(start).Milliseconds())
+	}()
+
+	if p := s.srv.poller(); p != nil {
+		// Plain TCP on both sides: the event loop carries the session (see
+		// eventloop_linux.go); this goroutine only waits for its end.
+		if done, ok := s.runEvented(p); ok {
+			s.log.Debug("session on the event loop")
+			<-done
+			return
+		}
+	}
 
 	done := make(chan struct{})
 	go func() {
@@ -186,9 +203,6 @@ func (s *Session) serve() {
 		s.killUpstreamSoon()
 		<-done
 	}
-	s.log.Info("session closed", "statements", s.stats.statements.Load(),
-		"rewritten", s.stats.rewritten.Load(), "refused", s.stats.refused.Load(),
-		"duration_ms", time.Since(start).Milliseconds())
 }
 
 // fatalError ends the session after telling the client.
@@ -204,6 +218,9 @@ func (s *Session) kill() {
 		s.q.mu.Lock()
 		s.q.closed = true
 		s.q.mu.Unlock()
+		// Leave the event loop before the sockets close, so their file
+		// descriptor numbers are never seen again under this session.
+		s.endEvented()
 		s.connMu.Lock()
 		s.client.Close()
 		if s.upstream != nil {
