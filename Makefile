@@ -32,8 +32,14 @@ build:
 vet:
 	$(GO) vet ./...
 
+# The integration tests run with pgveil's default I/O engine (the event
+# loop); the protocol suites run a second time with every session on its
+# two goroutines (proxy.event_loops: 0), the engine TLS sessions use.
+ENGINE_TESTS ?= ^(TestTransparent|TestProtocol|TestEncryption|TestCatalog|TestStartup)
+
 test: vet
 	$(GO) test $(TESTFLAGS) ./...
+	PGVEIL_TEST_EVENT_LOOPS=0 $(GO) test $(TESTFLAGS) -run '$(ENGINE_TESTS)' ./test/
 
 # Unit tests only: go test -short skips the integration tests in test/.
 test-short:

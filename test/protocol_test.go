@@ -203,3 +203,38 @@ func TestProtocolMessageTooLarge(t *testing.T) {
 	}
 	_ = pgconn.PgError{}
 }
+
+// TestProtocolQueriesBehindStartup: a client that sends its first queries
+// in the same packet as its StartupMessage, before any reply. pgveil reads
+// them ahead during startup and must hand them to whichever engine carries
+// the session afterwards, in order.
+func TestProtocolQueriesBehindStartup(t *testing.T) {
+	p := startProxy(t, proxyOpts{})
+	nc, err := net.Dial("tcp", p.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(30 * time.Second))
+	var buf []byte
+	buf, _ = (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
+		Parameters: map[string]string{"user": pgtest.TrustUser, "database": p.DB}}).Encode(buf)
+	buf, _ = (&pgproto3.Query{String: "SELECT 41 + 1"}).Encode(buf)
+	buf, _ = (&pgproto3.Parse{Query: "SELECT $1::int * 2"}).Encode(buf)
+	buf, _ = (&pgproto3.Bind{Parameters: [][]byte{[]byte("21")}}).Encode(buf)
+	buf, _ = (&pgproto3.Execute{}).Encode(buf)
+	buf, _ = (&pgproto3.Sync{}).Encode(buf)
+	if _, err := nc.Write(buf); err != nil {
+		t.Fatal(err)
+	}
+	rc := &rawConn{t: t, nc: nc, fe: pgproto3.NewFrontend(nc, nc)}
+	rc.until("ReadyForQuery") // end of startup
+	got := strings.Join(rc.until("ReadyForQuery"), " ")
+	if !strings.Contains(got, "DataRow(42) CommandComplete(SELECT 1)") {
+		t.Fatalf("simple query behind startup: %s", got)
+	}
+	got = strings.Join(rc.until("ReadyForQuery"), " ")
+	if got != "ParseComplete BindComplete DataRow(42) CommandComplete(SELECT 1) ReadyForQuery" {
+		t.Fatalf("extended query behind startup: %s", got)
+	}
+}

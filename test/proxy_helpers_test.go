@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -135,6 +137,15 @@ func serveProxy(t testing.TB, c *pgtest.Cluster, db string, keys testKeys, o pro
 	cfg, err := config.Parse([]byte(yml), "", func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 	if err != nil {
 		t.Fatalf("config: %v", err)
+	}
+	if v := os.Getenv("PGVEIL_TEST_EVENT_LOOPS"); v != "" {
+		// make test runs the protocol suites a second time with 0: every
+		// session on its two goroutines instead of the event loop.
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			t.Fatalf("PGVEIL_TEST_EVENT_LOOPS=%q: %v", v, err)
+		}
+		cfg.Proxy.EventLoops = &n
 	}
 	if o.mutate != nil {
 		o.mutate(cfg)

@@ -155,6 +155,29 @@ func TestStreamingMemory(t *testing.T) {
 	if rows.Err() != nil || decrypted < 40_000_000 {
 		t.Fatalf("encrypted stream: %v %d bytes", rows.Err(), decrypted)
 	}
+	// A client that stops reading in the middle of a 40 MB result: pgveil
+	// must stop reading from Postgres too (the kernel's socket buffers fill
+	// up), not buffer what the client does not take.
+	rows, err = conn.Query(ctx, "SELECT repeat('y', 1000) FROM generate_series(1, 40000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var slow, pausedGrowth int
+	for rows.Next() {
+		slow += len(rows.RawValues()[0])
+		if slow == 1000*1000 {
+			before := procStatusKB(t, cmd.Process.Pid, "VmRSS")
+			time.Sleep(700 * time.Millisecond)
+			pausedGrowth = procStatusKB(t, cmd.Process.Pid, "VmRSS") - before
+		}
+	}
+	if rows.Err() != nil || slow != 40_000_000 {
+		t.Fatalf("slow reader: %v %d bytes", rows.Err(), slow)
+	}
+	t.Logf("pgveil RSS grew %d kB while the client paused", pausedGrowth)
+	if pausedGrowth > 16*1024 {
+		t.Fatalf("pgveil RSS grew %d kB while the client did not read: it buffers what the client does not take", pausedGrowth)
+	}
 	peak := procStatusKB(t, cmd.Process.Pid, "VmHWM")
 	t.Logf("pgveil RSS before %d kB, peak %d kB, after streaming %d MB plain and %d MB decrypted", base, peak, total>>20, decrypted>>20)
 	if peak > 64*1024 {
