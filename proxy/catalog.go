@@ -39,9 +39,10 @@ import (
 
 // columnRef is one configured encrypted column as found in the database.
 type columnRef struct {
-	table  string // "schema.table"
-	column string
-	cfg    config.Column
+	table     string // "schema.table"
+	column    string
+	qualified string // "schema.table.column"
+	cfg       config.Column
 }
 
 // catalog maps result-column origins to configured columns. Immutable.
@@ -104,7 +105,7 @@ func buildCatalog(tables []config.Table, rows [][][]byte, generation uint64) *ca
 		col := string(r[4])
 		cat.columns[table] = append(cat.columns[table], col)
 		if cc, ok := want[table+"."+strings.ToLower(col)]; ok {
-			cat.byOrigin[origin{uint32(oid), int16(att)}] = &columnRef{table: table, column: col, cfg: cc}
+			cat.byOrigin[origin{uint32(oid), int16(att)}] = &columnRef{table: table, column: col, qualified: table + "." + col, cfg: cc}
 		}
 	}
 	return cat

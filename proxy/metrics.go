@@ -309,10 +309,18 @@ func (m *Metrics) InitKeys(fps []string) {
 
 // Decryptions records n values opened by the key with fingerprint fp.
 func (m *Metrics) Decryptions(fp string, n int) {
-	if m == nil || fp == "" || n <= 0 {
-		return
+	if c := m.DecryptionCounter(fp); c != nil && n > 0 {
+		c.Add(float64(n))
 	}
-	m.decryptions.WithLabelValues(fp).Add(float64(n))
+}
+
+// DecryptionCounter is the counter Decryptions adds to for fp, for callers
+// that keep it instead of looking the label up per statement.
+func (m *Metrics) DecryptionCounter(fp string) prometheus.Counter {
+	if m == nil || fp == "" {
+		return nil
+	}
+	return m.decryptions.WithLabelValues(fp)
 }
 
 // Reload records one configuration and key reload.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgveil/pgveil/rewrite"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Session is one client connection and its one upstream connection.
@@ -57,6 +58,12 @@ type Session struct {
 	catMissAt   time.Time             // [client] last reload for a configured table missing from the catalog
 	failedBatch bool                  // [client] pgveil refused a message; the server skips to Sync
 	encBuf      []byte                // [client] scratch for re-encoded messages
+	valBuf      []byte                // [client] scratch for one transformed value
+	planScratch rewrite.Scratch       // [client] the literals of the statement being handled
+	// xform is transformer's function for xformSnap, made once per
+	// snapshot rather than once per statement.
+	xform     func(rewrite.Action, []byte) ([]byte, error) // [client]
+	xformSnap *Snapshot                                    // [client]
 	// lastParse remembers the last Parse that touched no configured table.
 	lastParse    *parseMemo // [client]
 	lastParseBuf []byte     // [client]
@@ -390,7 +397,7 @@ func (s *Session) snapshot() *Snapshot {
 // plan analyses sql, counting the outcome.
 func (s *Session) plan(snap *Snapshot, sql string) (*rewrite.Plan, []rewrite.Literal, error) {
 	s.stats.statements.Add(1)
-	plan, lits, res, err := snap.Rewriter.Plan(sql)
+	plan, lits, res, err := snap.Rewriter.PlanScratch(sql, &s.planScratch)
 	s.srv.Metrics.PlanCache(cacheLabel(res))
 	if err != nil {
 		return nil, nil, err
@@ -480,7 +487,10 @@ func (s *Session) onQuery(sent time.Time) error {
 		s.encBuf = frame
 		return s.send(expect{kind: expQuery, plan: plan, sent: sent}, frame)
 	}
-	out, err := plan.Render(nil, sql, lits, s.transformer(snap))
+	// Rendered straight into the frame sent upstream.
+	frame, start := appendFrameHeader(s.encBuf[:0], 'Q')
+	frame, err = plan.Render(frame, sql, lits, s.transformer(snap))
+	s.encBuf = frame[:0]
 	if err != nil {
 		return s.raiseQuery(plan, err)
 	}
@@ -488,8 +498,6 @@ func (s *Session) onQuery(sent time.Time) error {
 	if plan.Copy != nil && plan.Copy.In {
 		s.copyIn = newCopyInState(plan.Copy, snap, s)
 	}
-	frame, start := appendFrameHeader(s.encBuf[:0], 'Q')
-	frame = append(frame, out...)
 	frame = append(frame, 0)
 	frame = finishFrame(frame, start)
 	s.encBuf = frame
@@ -818,6 +826,10 @@ type serverState struct {
 	decErrors  int
 	decTime    time.Duration
 	decRows    int // DataRows decrypted, for sampling their timing
+	rowMemo    rowInfoMemo
+	// decCounters are the decryption counters of decCountersSnap's keys.
+	decCounters     []prometheus.Counter
+	decCountersSnap *Snapshot
 }
 
 func (s *Session) serverLoop() {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -35,6 +36,27 @@ func (s *Session) rowInfoFrom(body []byte, plan *rewrite.Plan) *rowInfo {
 	if len(body) < 2 {
 		return nil
 	}
+	// An application repeats its queries: the same RowDescription under the
+	// same plan and catalog gives the same answer (rowInfo is immutable).
+	st := &s.srvState
+	if m := &st.rowMemo; m.ok && m.plan == plan && m.cat == cat && bytes.Equal(m.desc, body) {
+		return m.ri
+	}
+	ri := s.buildRowInfo(cat, body, plan)
+	st.rowMemo = rowInfoMemo{ok: true, desc: append(st.rowMemo.desc[:0], body...), plan: plan, cat: cat, ri: ri}
+	return ri
+}
+
+// rowInfoMemo is the last RowDescription rowInfoFrom read, and its answer.
+type rowInfoMemo struct {
+	ok   bool
+	desc []byte
+	plan *rewrite.Plan
+	cat  *catalog
+	ri   *rowInfo
+}
+
+func (s *Session) buildRowInfo(cat *catalog, body []byte, plan *rewrite.Plan) *rowInfo {
 	n := int(binary.BigEndian.Uint16(body))
 	p := body[2:]
 	var cols []decryptCol
@@ -47,7 +69,7 @@ func (s *Session) rowInfoFrom(body []byte, plan *rewrite.Plan) *rowInfo {
 		attr := int16(binary.BigEndian.Uint16(rest[4:]))
 		p = rest[18:]
 		if ref := cat.lookup(table, attr); ref != nil {
-			cols = append(cols, decryptCol{index: i, column: ref.table + "." + ref.column})
+			cols = append(cols, decryptCol{index: i, column: ref.qualified})
 			continue
 		}
 		if plan != nil {
@@ -183,14 +205,21 @@ func (s *Session) failRow(st *serverState, column string, cause error) error {
 func (s *Session) flushDecryptMetrics(st *serverState) {
 	total := 0
 	if len(st.decrypted) > 0 {
-		fps := s.srv.snap.Load().Keyring.KeyFingerprints()
+		// The counters of the keys in force, looked up once per snapshot.
+		if snap := s.srv.snap.Load(); st.decCountersSnap != snap {
+			st.decCountersSnap = snap
+			st.decCounters = st.decCounters[:0]
+			for _, fp := range snap.Keyring.KeyFingerprints() {
+				st.decCounters = append(st.decCounters, s.srv.Metrics.DecryptionCounter(fp))
+			}
+		}
 		for i, n := range st.decrypted {
 			if n == 0 {
 				continue
 			}
 			total += n
-			if i < len(fps) {
-				s.srv.Metrics.Decryptions(fps[i], n)
+			if i < len(st.decCounters) && st.decCounters[i] != nil {
+				st.decCounters[i].Add(float64(n))
 			}
 			st.decrypted[i] = 0
 		}
@@ -203,10 +232,20 @@ func (s *Session) flushDecryptMetrics(st *serverState) {
 
 // transformer returns the function that computes what an Action makes of a
 // value: tokens, blind indexes, arrays of blind indexes.
+// The value it returns is borrowed until its next call (Render copies it
+// at once), so one scratch buffer serves every value of a statement.
 func (s *Session) transformer(snap *Snapshot) func(rewrite.Action, []byte) ([]byte, error) {
-	return func(a rewrite.Action, v []byte) ([]byte, error) {
-		return s.apply(snap, a, v, nil, false)
+	if s.xform == nil || s.xformSnap != snap {
+		s.xformSnap = snap
+		s.xform = func(a rewrite.Action, v []byte) ([]byte, error) {
+			out, err := s.apply(snap, a, v, s.valBuf[:0], false)
+			if err == nil && cap(out) <= 4*ioBufferSize {
+				s.valBuf = out
+			}
+			return out, err
+		}
 	}
+	return s.xform
 }
 
 // apply computes one value. binary says the value came in binary format

@@ -17,6 +17,21 @@ func BenchmarkPlanHit(b *testing.B) {
 	}
 }
 
+// BenchmarkPlanHitScratch is the proxy's path: scratch memory per session.
+func BenchmarkPlanHitScratch(b *testing.B) {
+	rw := New(mustRules(b, Options{}), 1024)
+	var sc Scratch
+	if _, _, _, err := rw.PlanScratch(benchSQL, &sc); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, res, _ := rw.PlanScratch(benchSQL, &sc); res != CacheHit {
+			b.Fatal("miss")
+		}
+	}
+}
+
 func BenchmarkPlanHitParallel(b *testing.B) {
 	rw := New(mustRules(b, Options{}), 1024)
 	rw.Plan(benchSQL)

@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"strconv"
 	"sync"
+	"unsafe"
 )
 
 // CacheResult says how Rewriter.Plan found its plan; the proxy counts it
@@ -163,16 +164,42 @@ func (r *Rewriter) Cache() *Cache { return r.cache }
 // err is non-nil only when the analyzer hit an internal inconsistency (a
 // pgveil bug); the proxy must then answer XX000 and forward nothing.
 func (r *Rewriter) Plan(sql string) (*Plan, []Literal, CacheResult, error) {
+	return r.PlanScratch(sql, nil)
+}
+
+// Scratch is memory PlanScratch reuses from one call to the next, so a
+// cache hit allocates nothing. One goroutine at a time; the literals
+// PlanScratch returns live in it until the next call.
+type Scratch struct {
+	lits []Literal
+	key  []byte
+}
+
+// PlanScratch is Plan with caller-owned scratch memory (nil: none).
+func (r *Rewriter) PlanScratch(sql string, sc *Scratch) (*Plan, []Literal, CacheResult, error) {
 	if !r.rules.Mentions(sql) {
 		return passthroughPlan, nil, CacheSkip, nil
 	}
-	key, lits := Normalize(sql)
+	if sc == nil {
+		sc = &Scratch{}
+	}
+	lits, maxParam := scanConstants(sql, sc.lits[:0])
+	sc.lits = lits
+	if len(lits) == 0 {
+		lits = nil
+	}
 	// The normalized text alone does not say which placeholders were the
 	// client's parameters and which were constants ("VALUES ($1, 20)" and
 	// "VALUES ('a', 20)" both read "VALUES ($1, $2)"); the cache key adds
 	// how many constants were cut out, which settles it.
-	ckey := cacheKey(key, len(lits))
-	if p, exact, ok := r.cache.get(ckey); ok {
+	kb := appendNormalized(sc.key[:0], sql, lits, maxParam)
+	normLen := len(kb)
+	kb = append(kb, 0)
+	kb = strconv.AppendInt(kb, int64(len(lits)), 10)
+	sc.key = kb
+	// A view of the scratch bytes for the lookup only: get does not keep it.
+	view := unsafe.String(unsafe.SliceData(kb), len(kb))
+	if p, exact, ok := r.cache.get(view); ok {
 		if !exact {
 			return p, lits, CacheHit, nil
 		}
@@ -180,6 +207,7 @@ func (r *Rewriter) Plan(sql string) (*Plan, []Literal, CacheResult, error) {
 			return p, lits, CacheHit, nil
 		}
 	}
+	key, ckey := string(kb[:normLen]), string(kb)
 	p, exact, err := r.rules.analyze(sql, key, lits)
 	if err != nil {
 		return nil, nil, CacheMiss, err
@@ -199,11 +227,6 @@ func (r *Rewriter) Plan(sql string) (*Plan, []Literal, CacheResult, error) {
 
 func exactKey(sql string) string { return "\x00" + sql }
 
-// cacheKey is the normalized text plus the number of constants it stands
-// for (the placeholders numbered last).
-func cacheKey(normalized string, constants int) string {
-	return normalized + "\x00" + strconv.Itoa(constants)
-}
 
 // Analyze plans sql without a cache; see Rewriter.Plan.
 func (r *Rules) Analyze(sql string) (*Plan, []Literal, error) {

@@ -432,18 +432,20 @@ func Normalize(sql string) (key string, lits []Literal) {
 }
 
 func buildKey(sql string, lits []Literal, maxParam int) string {
-	var b strings.Builder
-	b.Grow(len(sql) + 4*len(lits))
+	return string(appendNormalized(make([]byte, 0, len(sql)+4*len(lits)), sql, lits, maxParam))
+}
+
+// appendNormalized appends sql with each literal replaced by $n, numbered
+// after the highest parameter the text uses.
+func appendNormalized(dst []byte, sql string, lits []Literal, maxParam int) []byte {
 	prev := 0
-	var nb [24]byte
 	for i, lit := range lits {
-		b.WriteString(sql[prev:lit.Start])
-		b.WriteByte('$')
-		b.Write(strconv.AppendInt(nb[:0], int64(maxParam+1+i), 10))
+		dst = append(dst, sql[prev:lit.Start]...)
+		dst = append(dst, '$')
+		dst = strconv.AppendInt(dst, int64(maxParam+1+i), 10)
 		prev = lit.End
 	}
-	b.WriteString(sql[prev:])
-	return b.String()
+	return append(dst, sql[prev:]...)
 }
 
 // ErrBadLiteral is returned by Literal.Value for a constant it cannot decode.

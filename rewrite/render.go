@@ -46,6 +46,12 @@ func (p *Plan) Render(dst []byte, sql string, lits []Literal, transform func(a A
 
 // AppendQuoted appends v as a SQL string constant.
 func AppendQuoted(dst, v []byte) []byte {
+	if bytes.IndexByte(v, '\'') < 0 && bytes.IndexByte(v, '\\') < 0 {
+		// Tokens and blind indexes (base64 and hex) always take this path.
+		dst = append(dst, '\'')
+		dst = append(dst, v...)
+		return append(dst, '\'')
+	}
 	if bytes.IndexByte(v, '\\') >= 0 {
 		dst = append(dst, 'E', '\'')
 		for _, c := range v {
