@@ -818,15 +818,16 @@ type serverState struct {
 	copyOut    *copyOutState
 	// discarding: pgveil answered the client with its own error (a value no
 	// key decrypts) and drops the server's replies up to ReadyForQuery.
-	discarding bool
-	catRows    [][][]byte // rows of pgveil's catalog query
-	catFailed  bool
-	out        []byte // scratch for rewritten messages
-	decrypted  []int  // per key index, flushed to metrics at statement end
-	decErrors  int
-	decTime    time.Duration
-	decRows    int // DataRows decrypted, for sampling their timing
-	rowMemo    rowInfoMemo
+	discarding  bool
+	catRows     [][][]byte // rows of pgveil's catalog query
+	catFailed   bool
+	out         []byte // scratch for rewritten messages
+	decrypted   []int  // per key index, flushed to metrics at statement end
+	decErrors   int
+	decTime     time.Duration
+	decRows     int // DataRows decrypted, for sampling their timing
+	rowMemo     [4]rowInfoMemo
+	rowMemoNext int
 	// decCounters are the decryption counters of decCountersSnap's keys.
 	decCounters     []prometheus.Counter
 	decCountersSnap *Snapshot

@@ -38,12 +38,17 @@ func (s *Session) rowInfoFrom(body []byte, plan *rewrite.Plan) *rowInfo {
 	}
 	// An application repeats its queries: the same RowDescription under the
 	// same plan and catalog gives the same answer (rowInfo is immutable).
+	// A few are kept: a transaction often alternates between statements.
 	st := &s.srvState
-	if m := &st.rowMemo; m.ok && m.plan == plan && m.cat == cat && bytes.Equal(m.desc, body) {
-		return m.ri
+	for i := range st.rowMemo {
+		if m := &st.rowMemo[i]; m.ok && m.plan == plan && m.cat == cat && bytes.Equal(m.desc, body) {
+			return m.ri
+		}
 	}
 	ri := s.buildRowInfo(cat, body, plan)
-	st.rowMemo = rowInfoMemo{ok: true, desc: append(st.rowMemo.desc[:0], body...), plan: plan, cat: cat, ri: ri}
+	m := &st.rowMemo[st.rowMemoNext%len(st.rowMemo)]
+	st.rowMemoNext++
+	*m = rowInfoMemo{ok: true, desc: append(m.desc[:0], body...), plan: plan, cat: cat, ri: ri}
 	return ri
 }
 

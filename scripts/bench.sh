@@ -389,8 +389,9 @@ if [ -n "$PERF_OK" ]; then
 fi
 
 # Reference: bare Go relays (scripts/bench/relay) that only move bytes, one
-# with a goroutine per direction as pgveil, one with a raw epoll loop as
-# PgBouncer, next to PgBouncer and pgveil, interleaved.
+# with a goroutine per direction, one with a raw epoll loop as PgBouncer and
+# pgveil's event loop, next to PgBouncer, pgveil and pgveil on goroutines,
+# interleaved.
 log "reference relays: pgbench -S -M prepared, 5 s, 2 rounds"
 RELAY_G_PORT=$(free_port)
 RELAY_E_PORT=$(free_port)
@@ -400,16 +401,26 @@ PIDS_TO_KILL+=("$RELAY_G_PID")
 setsid "$WORK/relay" -mode epoll "127.0.0.1:$RELAY_E_PORT" "$PGHOST:$PGPORT" >"$WORK/relay-e.log" 2>&1 &
 RELAY_E_PID=$!
 PIDS_TO_KILL+=("$RELAY_E_PID")
-sleep 0.5
+# pgveil itself with its other I/O engine (proxy.event_loops: 0: every
+# session on two goroutines, as TLS sessions always are).
+VEIL_G_PORT=$(free_port)
+write_config "$WORK/pgveil-goroutines.yaml" "$VEIL_G_PORT"
+sed -i 's/^admin_listen: .*/admin_listen: "off"/' "$WORK/pgveil-goroutines.yaml"
+printf 'proxy:\n  event_loops: 0\n' >>"$WORK/pgveil-goroutines.yaml"
+setsid "$PGVEIL" serve --config "$WORK/pgveil-goroutines.yaml" >"$WORK/pgveil-goroutines.log" 2>&1 &
+VEIL_G_PID=$!
+PIDS_TO_KILL+=("$VEIL_G_PID")
+sleep 1
 for round in 1 2; do
 	args=(-S -c "$CLIENTS" -j "$THREADS" -T 5 -M prepared)
 	run_pgbench relay prepared pgbouncer "$round" "$BOUNCER_PORT" "$DB_PGBENCH" "$BOUNCER_PID" "${args[@]}"
 	run_pgbench relay prepared pgveil "$round" "$PGVEIL_PORT" "$DB_PGBENCH" "$PGVEIL_PID" "${args[@]}"
+	run_pgbench relay prepared pgveil-goroutines "$round" "$VEIL_G_PORT" "$DB_PGBENCH" "$VEIL_G_PID" "${args[@]}"
 	run_pgbench relay prepared relay-goroutines "$round" "$RELAY_G_PORT" "$DB_PGBENCH" "$RELAY_G_PID" "${args[@]}"
 	run_pgbench relay prepared relay-epoll "$round" "$RELAY_E_PORT" "$DB_PGBENCH" "$RELAY_E_PID" "${args[@]}"
 done
-kill "$RELAY_G_PID" "$RELAY_E_PID" 2>/dev/null || true
-wait "$RELAY_G_PID" "$RELAY_E_PID" 2>/dev/null || true
+kill "$RELAY_G_PID" "$RELAY_E_PID" "$VEIL_G_PID" 2>/dev/null || true
+wait "$RELAY_G_PID" "$RELAY_E_PID" "$VEIL_G_PID" 2>/dev/null || true
 
 # ---------------------------------------------------------------------------
 # 3. Encrypted OLTP: pgveil + encrypted schema vs PgBouncer + plaintext schema

@@ -176,14 +176,18 @@ def main():
     # -- reference relays ----------------------------------------------------
     if runs.get(("relay", "prepared", "relay-epoll")):
         out.append("### Reference: what moving bytes costs in Go\n")
-        out.append("`scripts/bench/relay` forwards bytes and does nothing else, built two ways: a goroutine per "
-                   "direction with `io.Copy` (how pgveil moves bytes: blocking reads woken by the Go "
-                   "netpoller) and one OS thread with a raw epoll loop (how PgBouncer's libevent loop works). "
-                   "`pgbench -S -M prepared -T 5`, 2 interleaved rounds, medians; CPU of each process.\n")
+        out.append("pgveil carries a session without TLS on an event loop after startup (`proxy.event_loops`, "
+                   "`proxy/eventloop_linux.go`): epoll and non-blocking sockets, with its system calls made without "
+                   "telling the Go scheduler, as PgBouncer's libevent loop works; sessions with TLS run on two "
+                   "goroutines each, blocking reads woken by the Go netpoller. Next to PgBouncer and pgveil: pgveil "
+                   "with every session on goroutines (`event_loops: 0`), and `scripts/bench/relay`, which forwards "
+                   "bytes and does nothing else, built both ways (a goroutine per direction with `io.Copy`; one raw "
+                   "epoll loop). `pgbench -S -M prepared -T 5`, 2 interleaved rounds, medians; CPU of each process.\n")
         out.append("| target | tps | CPU µs/tx |\n|---|--:|--:|")
-        for target, label in (("pgbouncer", "PgBouncer"), ("pgveil", "pgveil"),
+        for target, label in (("pgbouncer", "PgBouncer"), ("pgveil", "pgveil (event loop, the default)"),
+                              ("pgveil-goroutines", "pgveil, every session on goroutines (event_loops: 0)"),
                               ("relay-goroutines", "bare Go relay, goroutine per direction"),
-                              ("relay-epoll", "bare Go relay, epoll loop")):
+                              ("relay-epoll", "bare Go relay, raw epoll loop")):
             key = ("relay", "prepared", target)
             out.append(f"| {label} | {fmt(tps_med(key))} | {fmt(us_per_tx(key), 1)} |")
         out.append("")

@@ -6,11 +6,15 @@
 // same way.
 //
 //	relay -mode goroutines LISTEN UPSTREAM   two goroutines per connection, io.Copy each way
-//	relay -mode epoll LISTEN UPSTREAM        one OS thread, raw epoll, non-blocking sockets
+//	relay -mode epoll LISTEN UPSTREAM        one goroutine, raw epoll, raw system calls
 //
-// The first is how pgveil (and most Go proxies) move bytes: blocking reads on
-// net.Conn, woken by the runtime's netpoller. The second bypasses the
-// netpoller and the goroutine scheduler, as PgBouncer's libevent loop does.
+// The first is how most Go proxies move bytes (and pgveil's goroutine engine,
+// proxy.event_loops: 0): blocking reads on net.Conn, woken by the runtime's
+// netpoller. The second bypasses the netpoller and the goroutine scheduler,
+// as PgBouncer's libevent loop does and as pgveil's event loop does: its
+// system calls are made with syscall.RawSyscall, so the scheduler never
+// hands its processor to another thread while it waits (see
+// proxy/eventloop_linux.go).
 package main
 
 import (
@@ -22,6 +26,7 @@ import (
 	"os"
 	"runtime"
 	"syscall"
+	"unsafe"
 )
 
 func main() {
@@ -83,7 +88,9 @@ func sockaddr(addr string) (*syscall.SockaddrInet4, error) {
 }
 
 func relayEpoll(listen, upstream string) error {
-	runtime.LockOSThread()
+	// One processor stays with this loop while it waits in epoll_wait;
+	// accept and connect run on it too.
+	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 1)
 	la, err := sockaddr(listen)
 	if err != nil {
 		return err
@@ -126,7 +133,7 @@ func relayEpoll(listen, upstream string) error {
 	buf := make([]byte, 64<<10)
 	events := make([]syscall.EpollEvent, 128)
 	for {
-		n, err := syscall.EpollWait(ep, events, -1)
+		n, err := epollWaitRaw(ep, events)
 		if errors.Is(err, syscall.EINTR) {
 			continue
 		}
@@ -165,16 +172,16 @@ func relayEpoll(listen, upstream string) error {
 			if !ok {
 				continue
 			}
-			m, err := syscall.Read(fd, buf)
+			m, err := readRaw(fd, buf)
 			if m <= 0 || err != nil {
 				closePair(fd)
 				continue
 			}
 			// Blocking sockets: a write completes (the peer's receive
 			// buffer drains, since its reader is the other side's loop or
-			// a client).
+			// a client). A benchmark reference, not a proxy.
 			for off := 0; off < m; {
-				w, err := syscall.Write(p, buf[off:m])
+				w, err := writeRaw(p, buf[off:m])
 				if err != nil {
 					closePair(fd)
 					break
@@ -183,4 +190,31 @@ func relayEpoll(listen, upstream string) error {
 			}
 		}
 	}
+}
+
+// Raw system calls: the runtime is not told, so it does not hand this
+// goroutine's processor to another thread during them.
+
+func epollWaitRaw(ep int, events []syscall.EpollEvent) (int, error) {
+	r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 50, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+func readRaw(fd int, b []byte) (int, error) {
+	r, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+func writeRaw(fd int, b []byte) (int, error) {
+	r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
 }
