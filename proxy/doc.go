@@ -17,7 +17,16 @@
 // is one upstream, so a CancelRequest that names a live session is
 // forwarded to it as it came.
 //
-// Then two goroutines run. clientLoop reads the client, plans each
+// Then the session's two directions run, on one of two I/O engines with the
+// same handlers (onClientMessage, onServerMessage). A session without TLS
+// moves to an event loop (eventloop_linux.go, proxy.event_loops): an epoll
+// loop over non-blocking sockets that runs the handlers on whole frames
+// already in memory (memFrames) and flushes after each readiness event; a
+// session with TLS on a leg keeps two goroutines, described next. In both,
+// only the client side writes upstream and only the server side writes to
+// the client.
+//
+// On goroutines, clientLoop reads the client, plans each
 // statement with rewrite, applies the write side of the plan (tokens, blind
 // indexes, hidden parameters), writes only to PostgreSQL, and pushes one
 // expect entry per message that earns a reply. serverLoop reads

@@ -116,6 +116,7 @@ func (srv *Server) poller() *poller {
 		// Each loop holds a processor while it waits (see above).
 		runtime.GOMAXPROCS(procs + n)
 		eventLoops.pollers = pollers
+		srv.Logger.Info("event loops started", "loops", n, "gomaxprocs", procs+n)
 	})
 	pollers := eventLoops.pollers
 	if len(pollers) == 0 {
@@ -562,6 +563,7 @@ func (m *memFrames) readFrom(fd int) (eof bool, err error) {
 		}
 		m.filled(n)
 		total += n
+		m.full = n == len(spare)
 		if n < len(spare) {
 			// Drained, most likely: a read to confirm would cost a system
 			// call per message; level-triggered epoll reports anything left.

@@ -127,3 +127,103 @@ func TestParseTextArray(t *testing.T) {
 		}
 	}
 }
+
+// frameEvent is one frame as a reader yields it: its type and body, or the
+// size of an oversized frame that was skipped.
+type frameEvent struct {
+	typ     byte
+	body    string
+	skipped int
+}
+
+// FuzzMemFrames: the event loop's frame source yields, for any byte stream
+// cut into reads at any points, the same frames as the blocking
+// frameReader, skips oversized frames without holding them, and never
+// panics.
+func FuzzMemFrames(f *testing.F) {
+	f.Add([]byte{'Q', 0, 0, 0, 9, 'S', 'E', 'L', 0, 'S', 0, 0, 0, 4}, []byte{3, 1, 7})
+	f.Add([]byte{'d', 0, 0, 0, 40, 1, 2, 3}, []byte{1})
+	f.Add(append([]byte{'D', 0, 0, 0, 200}, make([]byte, 196)...), []byte{50, 0, 9})
+	f.Fuzz(func(t *testing.T, data, cuts []byte) {
+		const limit = 64
+		// What frameReader makes of the whole stream.
+		var want []frameEvent
+		fr := newFrameReader(bytes.NewReader(data), limit)
+		for {
+			typ, size, err := fr.next()
+			var tl *MessageTooLargeError
+			if errors.As(err, &tl) {
+				// Reported at its header, before its bytes arrive.
+				want = append(want, frameEvent{typ: typ, skipped: size})
+				if fr.skip() != nil {
+					break
+				}
+				continue
+			}
+			if err != nil {
+				break
+			}
+			b, err := fr.body()
+			if err != nil {
+				break
+			}
+			want = append(want, frameEvent{typ: typ, body: string(b)})
+		}
+		// memFrames fed in pieces, drained after each read as the loop does.
+		m := &memFrames{limit: limit}
+		var got []frameEvent
+		bad := false
+		drain := func() {
+			for !bad {
+				typ, size, err := m.next()
+				if err == errWouldBlock {
+					return
+				}
+				var tl *MessageTooLargeError
+				if errors.As(err, &tl) {
+					if size <= limit {
+						t.Fatalf("too large reported for %d bytes", size)
+					}
+					_ = m.skip()
+					got = append(got, frameEvent{typ: typ, skipped: size})
+					continue
+				}
+				if err != nil {
+					bad = true // a malformed length ends the session
+					return
+				}
+				b, _ := m.body()
+				got = append(got, frameEvent{typ: typ, body: string(b)})
+			}
+		}
+		rest := data
+		for i := 0; len(rest) > 0 && !bad; i++ {
+			n := len(rest)
+			if i < len(cuts) {
+				n = min(n, int(cuts[i])+1)
+			}
+			spare := m.spare()
+			n = min(n, len(spare))
+			copy(spare, rest[:n])
+			m.filled(n)
+			rest = rest[n:]
+			drain()
+			if cap(m.buf) > 2*(limit+5)+2*minReadSpace+maxReadPerEvent {
+				t.Fatalf("buffer grew to %d bytes", cap(m.buf))
+			}
+		}
+		// frameReader stops at a truncated frame, memFrames waits for it:
+		// compare the frames both have.
+		if len(got) > len(want) {
+			t.Fatalf("memFrames yielded %d frames, frameReader %d", len(got), len(want))
+		}
+		for i := range got {
+			if got[i] != want[i] {
+				t.Fatalf("frame %d: memFrames %+v, frameReader %+v", i, got[i], want[i])
+			}
+		}
+		if !bad && m.discard == 0 && m.buffered() == 0 && len(got) != len(want) {
+			t.Fatalf("all bytes consumed but memFrames yielded %d frames, frameReader %d", len(got), len(want))
+		}
+	})
+}

@@ -9,8 +9,9 @@ import (
 // errWouldBlock: the next frame is not wholly in memory yet.
 var errWouldBlock = errors.New("pgveil: frame incomplete")
 
-// minReadSpace is the least room offered to one read.
-const minReadSpace = 16 << 10
+// minReadSpace is the least room offered to one read, and the size a
+// buffer starts at: an idle session holds little.
+const minReadSpace = 8 << 10
 
 // memFrames is a frameSource over bytes an event loop read from a socket.
 // next reports errWouldBlock until a whole frame is in memory, so handlers
@@ -23,6 +24,7 @@ type memFrames struct {
 	size    int  // body length of the current frame
 	current bool // a frame's header was returned and its body not consumed
 	discard int  // bytes of a skipped frame still to arrive
+	full    bool // the last read filled the room spare offered
 }
 
 // spare returns room for the next read: at least minReadSpace, and enough
@@ -32,6 +34,11 @@ func (m *memFrames) spare() []byte {
 		m.buf, m.r = m.buf[:0], 0
 	}
 	need := minReadSpace
+	if m.full {
+		// The last read filled what it was offered: more is waiting, so
+		// offer more (fewer system calls for a large result).
+		need = min(max(2*cap(m.buf), need), maxReadPerEvent)
+	}
 	if avail := len(m.buf) - m.r; avail >= 5 {
 		n := int(int32(binary.BigEndian.Uint32(m.buf[m.r+1 : m.r+5])))
 		if total := 1 + n; n >= 4 && n-4 <= m.limit && total > avail {
@@ -44,7 +51,7 @@ func (m *memFrames) spare() []byte {
 			m.buf, m.r = m.buf[:n], 0
 		}
 		if cap(m.buf)-len(m.buf) < need {
-			grown := make([]byte, len(m.buf), max(2*cap(m.buf), len(m.buf)+need, ioBufferSize))
+			grown := make([]byte, len(m.buf), max(2*cap(m.buf), len(m.buf)+need))
 			copy(grown, m.buf)
 			m.buf = grown
 		}

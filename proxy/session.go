@@ -60,6 +60,7 @@ type Session struct {
 	encBuf      []byte                // [client] scratch for re-encoded messages
 	valBuf      []byte                // [client] scratch for one transformed value
 	planScratch rewrite.Scratch       // [client] the literals of the statement being handled
+	bindScratch bindScratch           // [client]
 	// xform is transformer's function for xformSnap, made once per
 	// snapshot rather than once per statement.
 	xform     func(rewrite.Action, []byte) ([]byte, error) // [client]

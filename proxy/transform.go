@@ -344,21 +344,27 @@ func (s *Session) transformBind(st *statement, b *pgproto3.Bind) error {
 	plan := st.plan
 	snap := s.snap
 	n := len(b.Parameters)
-	formats := make([]int16, n, n+len(plan.Hidden))
-	for i := range formats {
-		formats[i] = paramFormat(b.ParameterFormatCodes, i)
+	// Scratch reused from Bind to Bind: formats, parameters, and one arena
+	// holding every computed value (sliced once all are in, as it grows).
+	sc := &s.bindScratch
+	formats := sc.formats[:0]
+	for i := 0; i < n; i++ {
+		formats = append(formats, paramFormat(b.ParameterFormatCodes, i))
 	}
-	params := make([][]byte, n, n+len(plan.Hidden))
-	copy(params, b.Parameters)
+	params := append(sc.params[:0], b.Parameters...)
+	arena := sc.arena[:0]
+	spans := sc.spans[:0]
 	for i, a := range plan.ClientParams {
 		if a.Op == rewrite.OpNone || i >= n || params[i] == nil {
 			continue
 		}
-		out, err := s.apply(snap, a, params[i], nil, formats[i] == 1)
+		start := len(arena)
+		var err error
+		arena, err = s.apply(snap, a, params[i], arena, formats[i] == 1)
 		if err != nil {
 			return err
 		}
-		params[i] = out
+		spans = append(spans, valueSpan{param: i, start: start, end: len(arena)})
 		if a.Op == rewrite.OpHashArray || a.Op == rewrite.OpHashAll {
 			formats[i] = 0
 		}
@@ -368,21 +374,42 @@ func (s *Session) transformBind(st *statement, b *pgproto3.Bind) error {
 			return &pgError{code: codeProtocolViolation, msg: fmt.Sprintf("pgveil: Bind supplies %d parameters, the statement needs %d", n, h.From+1)}
 		}
 		src := b.Parameters[h.From]
-		if src == nil {
-			params = append(params, nil)
-		} else {
-			out, err := s.apply(snap, h.Action, src, nil, formats[h.From] == 1)
+		params = append(params, nil)
+		if src != nil {
+			start := len(arena)
+			var err error
+			arena, err = s.apply(snap, h.Action, src, arena, formats[h.From] == 1)
 			if err != nil {
 				return err
 			}
-			params = append(params, out)
+			spans = append(spans, valueSpan{param: len(params) - 1, start: start, end: len(arena)})
 		}
 		formats = append(formats, 0)
 	}
+	for _, sp := range spans {
+		params[sp.param] = arena[sp.start:sp.end:sp.end]
+	}
 	b.Parameters = params
 	b.ParameterFormatCodes = compactFormats(formats)
+	sc.formats, sc.params, sc.spans = formats, params, spans
+	if cap(arena) <= 4*ioBufferSize {
+		sc.arena = arena
+	} else {
+		sc.arena = nil
+	}
 	return nil
 }
+
+// bindScratch is transformBind's memory, kept between Binds. [client]
+type bindScratch struct {
+	formats []int16
+	params  [][]byte
+	arena   []byte
+	spans   []valueSpan
+}
+
+// valueSpan places a computed value of the arena in a parameter slot.
+type valueSpan struct{ param, start, end int }
 
 func paramFormat(codes []int16, i int) int16 {
 	switch len(codes) {
