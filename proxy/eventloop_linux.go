@@ -229,7 +229,12 @@ func (p *poller) modify(fd int, events uint32) {
 func (s *Session) runEvented(p *poller) (done chan struct{}, ok bool) {
 	ctcp, ok1 := s.client.(*net.TCPConn)
 	utcp, ok2 := s.upstream.(*net.TCPConn)
-	if !ok1 || !ok2 {
+	s.cwMu.Lock()
+	unsent := s.uw.Buffered() + s.cw.Buffered()
+	s.cwMu.Unlock()
+	if !ok1 || !ok2 || unsent > 0 {
+		// TLS on a side; or output startup left unsent (it flushes all it
+		// writes, so never): the goroutines carry the session.
 		return nil, false
 	}
 	// The event loop gets duplicates of the sockets, made without os.File:
