@@ -48,6 +48,9 @@ import (
 	"unsafe"
 )
 
+// monoEpoch is the origin of the loops' monotonic clock readings.
+var monoEpoch = time.Now()
+
 // pollTimeoutMS bounds one epoll_wait (see above).
 const pollTimeoutMS = 50
 
@@ -59,8 +62,11 @@ const maxReadPerEvent = 256 << 10
 type poller struct {
 	epfd int
 	mu   sync.Mutex
-	byFD map[int32]pollEntry // guarded by mu
-	n    int                 // sessions, guarded by mu
+	// byFD holds the session of each registered descriptor, indexed by
+	// its number (descriptors are small integers the kernel reuses lowest
+	// first); a zero entry is free. Guarded by mu.
+	byFD []pollEntry
+	n    int // sessions, guarded by mu
 }
 
 type pollEntry struct {
@@ -137,7 +143,7 @@ func newPoller() (*poller, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &poller{epfd: fd, byFD: map[int32]pollEntry{}}
+	p := &poller{epfd: fd}
 	go p.run()
 	return p, nil
 }
@@ -163,9 +169,12 @@ func (p *poller) run() {
 		for i := 0; i < n; i++ {
 			fd := events[i].Fd
 			p.mu.Lock()
-			e, ok := p.byFD[fd]
+			var e pollEntry
+			if fd >= 0 && int(fd) < len(p.byFD) {
+				e = p.byFD[fd]
+			}
 			p.mu.Unlock()
-			if ok {
+			if e.s != nil {
 				e.s.onEvent(e.client, events[i].Events)
 			}
 		}
@@ -182,8 +191,11 @@ const (
 func (p *poller) add(s *Session, ev *evState) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.byFD[int32(ev.cfd)] = pollEntry{s: s, client: true}
-	p.byFD[int32(ev.ufd)] = pollEntry{s: s, client: false}
+	if need := max(ev.cfd, ev.ufd) + 1; need > len(p.byFD) {
+		p.byFD = append(p.byFD, make([]pollEntry, max(need, 2*len(p.byFD))-len(p.byFD))...)
+	}
+	p.byFD[ev.cfd] = pollEntry{s: s, client: true}
+	p.byFD[ev.ufd] = pollEntry{s: s, client: false}
 	err := syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, ev.cfd, &syscall.EpollEvent{Events: ev.cEvents, Fd: int32(ev.cfd)})
 	if err == nil {
 		err = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, ev.ufd, &syscall.EpollEvent{Events: ev.uEvents, Fd: int32(ev.ufd)})
@@ -192,8 +204,7 @@ func (p *poller) add(s *Session, ev *evState) error {
 		}
 	}
 	if err != nil {
-		delete(p.byFD, int32(ev.cfd))
-		delete(p.byFD, int32(ev.ufd))
+		p.byFD[ev.cfd], p.byFD[ev.ufd] = pollEntry{}, pollEntry{}
 		return err
 	}
 	p.n++
@@ -206,8 +217,8 @@ func (p *poller) remove(s *Session, ev *evState) {
 	defer p.mu.Unlock()
 	removed := false
 	for _, fd := range [2]int{ev.cfd, ev.ufd} {
-		if e, ok := p.byFD[int32(fd)]; ok && e.s == s {
-			delete(p.byFD, int32(fd))
+		if fd < len(p.byFD) && p.byFD[fd].s == s {
+			p.byFD[fd] = pollEntry{}
 			_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, fd, nil)
 			removed = true
 		}
@@ -370,7 +381,10 @@ func (s *Session) onEventRecover(client bool, events uint32) (ok bool) {
 // holds and handles every whole frame in memory; events 0 handles only what
 // is in memory. false ends the session. [loop, under ev.mu]
 func (s *Session) evWork(ev *evState, client bool, events uint32) bool {
-	began := time.Now()
+	// One monotonic clock read here and one at the end (time.Now reads two
+	// clocks); began is a full time.Time for the handlers all the same.
+	beganMono := time.Since(monoEpoch)
+	began := monoEpoch.Add(beganMono)
 	var err error
 	if events&syscall.EPOLLOUT != 0 {
 		if client {
@@ -396,7 +410,7 @@ func (s *Session) evWork(ev *evState, client bool, events uint32) bool {
 			err = s.evServerFrames(ev)
 		}
 	}
-	s.overhead.Add(int64(time.Since(began)))
+	s.overhead.Add(int64(time.Since(monoEpoch) - beganMono))
 	if err == nil && eof {
 		err = io.EOF
 	}
@@ -578,7 +592,10 @@ func (m *memFrames) readFrom(fd int) (eof bool, err error) {
 	return false, nil
 }
 
-// Raw system calls (see the top of the file for why).
+// Raw system calls (see the top of the file for why). recvfrom and sendto
+// rather than read and write: on a socket they skip the VFS layer
+// (fdget_pos, vfs_read, sock_read_iter), as PgBouncer's recv and send do,
+// and MSG_NOSIGNAL turns a write to a closed peer into EPIPE, not SIGPIPE.
 
 func rawEpollWait(epfd int, events []syscall.EpollEvent, msec int) (int, syscall.Errno) {
 	r, _, errno := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
@@ -589,7 +606,7 @@ func rawRead(fd int, p []byte) (int, syscall.Errno) {
 	if len(p) == 0 {
 		return 0, 0
 	}
-	r, _, errno := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	r, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), 0, 0, 0)
 	return int(r), errno
 }
 
@@ -597,7 +614,7 @@ func rawWrite(fd int, p []byte) (int, syscall.Errno) {
 	if len(p) == 0 {
 		return 0, 0
 	}
-	r, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	r, _, errno := syscall.RawSyscall6(syscall.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), syscall.MSG_NOSIGNAL, 0, 0)
 	return int(r), errno
 }
 

@@ -193,7 +193,8 @@ func relayEpoll(listen, upstream string) error {
 }
 
 // Raw system calls: the runtime is not told, so it does not hand this
-// goroutine's processor to another thread during them.
+// goroutine's processor to another thread during them. recv and send, as
+// PgBouncer and pgveil's event loop use, not read and write.
 
 func epollWaitRaw(ep int, events []syscall.EpollEvent) (int, error) {
 	r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 50, 0, 0)
@@ -204,7 +205,7 @@ func epollWaitRaw(ep int, events []syscall.EpollEvent) (int, error) {
 }
 
 func readRaw(fd int, b []byte) (int, error) {
-	r, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	r, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0, 0, 0)
 	if e != 0 {
 		return 0, e
 	}
@@ -212,7 +213,7 @@ func readRaw(fd int, b []byte) (int, error) {
 }
 
 func writeRaw(fd int, b []byte) (int, error) {
-	r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	r, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), syscall.MSG_NOSIGNAL, 0, 0)
 	if e != 0 {
 		return 0, e
 	}
