@@ -20,8 +20,8 @@ package proxy
 // about 40 % more CPU per pgbench transaction than PgBouncer.
 //
 // The loop makes its system calls with syscall.RawSyscall, without telling
-// the scheduler: the sockets are non-blocking, so read, write and epoll_ctl
-// return at once, and epoll_wait blocks while the loop holds its processor
+// the scheduler: the sockets are non-blocking, so recvfrom, sendto and
+// epoll_ctl return at once, and epoll_wait blocks while the loop holds its processor
 // (P). That is deliberate. A blocking call made the normal way lets sysmon
 // hand the P to another thread after 20 µs and makes the loop win it back on
 // return, a futex round trip per wake-up that costs as much as the work it
@@ -30,11 +30,14 @@ package proxy
 // (EINTR; epoll_wait is never restarted) and the loop yields at its next
 // function call, so garbage collection and other goroutines proceed. The
 // finite timeout bounds the wait even when asynchronous preemption is off
-// (GODEBUG=asyncpreemptoff=1). Server.pollers raises GOMAXPROCS by the
-// number of loops so the rest of the program keeps its processors.
+// (GODEBUG=asyncpreemptoff=1). Server.poller raises GOMAXPROCS by the
+// number of loops when it starts them, so the rest of the program keeps its
+// processors.
 //
-// A session leaves its loop before its sockets close, so a descriptor
-// number reused by a new connection never reaches the old session.
+// The loop's duplicates of the sockets are not known to Go's netpoller (see
+// dupSocket), or its thread would wake for every message as well. A session
+// leaves its loop before its sockets close, so a descriptor number reused
+// by a new connection never reaches the old session.
 
 import (
 	"errors"
