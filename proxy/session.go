@@ -21,10 +21,13 @@ import (
 
 // Session is one client connection and its one upstream connection.
 //
-// Ownership: fields marked [client] belong to clientLoop (and startup
-// before it), [server] to serverLoop; the expect queue and atomics are
-// shared. Only clientLoop writes to the upstream, only serverLoop writes to
-// the client (drainIfIdle takes cwMu to write its FATAL).
+// Ownership: fields marked [client] belong to the client side (startup,
+// then clientLoop, or the event loop handling the client socket), [server]
+// to the server side (serverLoop, or the event loop handling the upstream
+// socket); the expect queue and atomics are shared. Only the client side
+// writes to the upstream, only the server side writes to the client
+// (drainIfIdle takes cwMu to write its FATAL). On the event loop both sides
+// run on one goroutine, one readiness event at a time (evState.mu).
 type Session struct {
 	srv *Server
 	id  uint64
