@@ -640,15 +640,3 @@ func dupSocket(c *net.TCPConn) (int, error) {
 	}
 	return fd, nil
 }
-
-// bufferedBytes takes what the reader has buffered and not yet handed out.
-func (fr *frameReader) bufferedBytes() []byte {
-	b, _ := fr.r.Peek(fr.r.Buffered())
-	out := append([]byte(nil), b...)
-	_, _ = fr.r.Discard(len(b))
-	if pr, ok := fr.src.(*prefixedReader); ok {
-		out = append(out, pr.prefix...)
-		pr.prefix = nil
-	}
-	return out
-}

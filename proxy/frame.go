@@ -14,6 +14,15 @@ import (
 // that grows up to the message limit (body).
 const ioBufferSize = 64 << 10
 
+// Startup reads and writes small messages; a session starts with buffers
+// of these sizes and only the goroutine engine, which streams through its
+// buffers, swaps in ioBufferSize ones (growForGoroutines). With hundreds of
+// idle pooled connections, this is most of pgveil's memory.
+const (
+	startupReadBufferSize = 8 << 10
+	eventWriteBufferSize  = 16 << 10
+)
+
 // maxStartupPacket bounds the untyped first packets (StartupMessage,
 // SSLRequest, CancelRequest) as PostgreSQL does (MAX_STARTUP_PACKET_LENGTH).
 const maxStartupPacket = 10000
@@ -65,7 +74,34 @@ type frameReader struct {
 }
 
 func newFrameReader(r io.Reader, limit int) *frameReader {
-	return &frameReader{src: r, r: bufio.NewReaderSize(r, ioBufferSize), limit: limit, read: true}
+	return newFrameReaderSize(r, limit, ioBufferSize)
+}
+
+func newFrameReaderSize(r io.Reader, limit, size int) *frameReader {
+	return &frameReader{src: r, r: bufio.NewReaderSize(r, size), limit: limit, read: true}
+}
+
+// bufferedBytes takes what the reader has buffered and not yet handed out,
+// including a prefixedReader's unread prefix. Only between frames.
+func (fr *frameReader) bufferedBytes() []byte {
+	b, _ := fr.r.Peek(fr.r.Buffered())
+	out := append([]byte(nil), b...)
+	_, _ = fr.r.Discard(len(b))
+	if pr, ok := fr.src.(*prefixedReader); ok {
+		out = append(out, pr.prefix...)
+		pr.prefix = nil
+	}
+	return out
+}
+
+// resized returns a reader of size bytes over the same source that first
+// yields what fr had buffered. Only between frames.
+func (fr *frameReader) resized(size int) *frameReader {
+	src := fr.src
+	if pr, ok := src.(*prefixedReader); ok {
+		src = pr.r
+	}
+	return newFrameReaderSize(&prefixedReader{prefix: fr.bufferedBytes(), r: src}, fr.limit, size)
 }
 
 // next reads the header of the next frame. The previous frame's body must

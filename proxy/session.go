@@ -187,6 +187,7 @@ func (s *Session) serve() {
 		}
 	}
 
+	s.growForGoroutines()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -214,6 +215,26 @@ func (s *Session) serve() {
 		s.killUpstreamSoon()
 		<-done
 	}
+}
+
+// growForGoroutines gives the goroutine engine full-size buffers: its loops
+// stream through them (the event loop has its own). Startup has flushed
+// all it wrote.
+func (s *Session) growForGoroutines() {
+	if fr, ok := s.cr.(*frameReader); ok {
+		s.cr = fr.resized(ioBufferSize)
+	}
+	if fr, ok := s.ur.(*frameReader); ok {
+		s.ur = fr.resized(ioBufferSize)
+	}
+	if s.uw.Buffered() == 0 {
+		s.uw = bufio.NewWriterSize(s.upstream, ioBufferSize)
+	}
+	s.cwMu.Lock()
+	if s.cw.Buffered() == 0 {
+		s.cw = bufio.NewWriterSize(s.client, ioBufferSize)
+	}
+	s.cwMu.Unlock()
 }
 
 // fatalError ends the session after telling the client.

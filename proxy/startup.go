@@ -133,10 +133,10 @@ func (s *Session) startup(ctx context.Context) error {
 		return net.ErrClosed
 	}
 	limit := snap.Config.Proxy.MaxMessageSize
-	s.ur = newFrameReader(up, limit)
-	s.uw = bufio.NewWriterSize(up, ioBufferSize)
-	s.cr = newFrameReader(&prefixedReader{prefix: s.clientPrefix, r: s.client}, limit)
-	s.cw = bufio.NewWriterSize(s.client, ioBufferSize)
+	s.ur = newFrameReaderSize(up, limit, startupReadBufferSize)
+	s.uw = bufio.NewWriterSize(up, eventWriteBufferSize)
+	s.cr = newFrameReaderSize(&prefixedReader{prefix: s.clientPrefix, r: s.client}, limit, startupReadBufferSize)
+	s.cw = bufio.NewWriterSize(s.client, eventWriteBufferSize)
 
 	buf, err := sm.Encode(nil)
 	if err != nil {
