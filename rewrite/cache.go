@@ -227,7 +227,6 @@ func (r *Rewriter) PlanScratch(sql string, sc *Scratch) (*Plan, []Literal, Cache
 
 func exactKey(sql string) string { return "\x00" + sql }
 
-
 // Analyze plans sql without a cache; see Rewriter.Plan.
 func (r *Rules) Analyze(sql string) (*Plan, []Literal, error) {
 	if !r.Mentions(sql) {
