@@ -206,6 +206,63 @@ func TestSealTimestamp(t *testing.T) {
 	}
 }
 
+func TestSealAtTimestamp(t *testing.T) {
+	t.Parallel()
+	kr, _ := testKeyring(t, 0)
+	tok, err := kr.SealAt(nil, []byte("v"), 1700000000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := base64.URLEncoding.DecodeString(string(tok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ts := binary.BigEndian.Uint64(raw[1:9]); ts != 1700000000 {
+		t.Fatalf("timestamp %d, want 1700000000", ts)
+	}
+	if plain, _, err := kr.Open(nil, tok); err != nil || string(plain) != "v" {
+		t.Fatalf("open: %q %v", plain, err)
+	}
+}
+
+// IVs come from batches of random bytes shared through a pool: no IV may
+// ever be handed out twice, whichever goroutines seal.
+func TestSealIVsUnique(t *testing.T) {
+	t.Parallel()
+	kr, _ := testKeyring(t, 0)
+	const workers, each = 4, 3000
+	ivs := make(chan string, workers*each)
+	done := make(chan struct{})
+	for w := 0; w < workers; w++ {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := 0; i < each; i++ {
+				tok, err := kr.Seal(nil, []byte("same plaintext"))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				raw, _ := base64.URLEncoding.DecodeString(string(tok))
+				ivs <- string(raw[9:25])
+			}
+		}()
+	}
+	for w := 0; w < workers; w++ {
+		<-done
+	}
+	close(ivs)
+	seen := make(map[string]bool, workers*each)
+	for iv := range ivs {
+		if seen[iv] {
+			t.Fatalf("IV %x handed out twice", iv)
+		}
+		seen[iv] = true
+	}
+	if len(seen) != workers*each {
+		t.Fatalf("%d IVs, want %d", len(seen), workers*each)
+	}
+}
+
 func TestMultiFernet(t *testing.T) {
 	t.Parallel()
 	a, _ := GenerateKey()

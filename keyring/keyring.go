@@ -112,6 +112,12 @@ func (k *Keyring) Seal(dst, plain []byte) ([]byte, error) {
 	return sealAt(dst, k.keys[0].m, plain, nowUnix(), nil)
 }
 
+// SealAt is Seal with the token's timestamp (Unix seconds) given: a caller
+// sealing several values of one message reads the clock once for all.
+func (k *Keyring) SealAt(dst, plain []byte, unix int64) ([]byte, error) {
+	return sealAt(dst, k.keys[0].m, plain, unix, nil)
+}
+
 // Open appends the plaintext of token to dst. It tries the primary key,
 // then each fallback (MultiFernet semantics), and returns the index of the
 // key that opened it: 0 for the primary, i for fallback i. Timestamps are

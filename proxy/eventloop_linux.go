@@ -51,9 +51,6 @@ import (
 	"unsafe"
 )
 
-// monoEpoch is the origin of the loops' monotonic clock readings.
-var monoEpoch = time.Now()
-
 // pollTimeoutMS bounds one epoll_wait (see above).
 const pollTimeoutMS = 50
 
@@ -169,6 +166,9 @@ func (p *poller) run() {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
+		// One clock reading per event: the end of one event's work is the
+		// start of the next's (see evWork).
+		clock := monoNow()
 		for i := 0; i < n; i++ {
 			fd := events[i].Fd
 			p.mu.Lock()
@@ -178,7 +178,7 @@ func (p *poller) run() {
 			}
 			p.mu.Unlock()
 			if e.s != nil {
-				e.s.onEvent(e.client, events[i].Events)
+				e.s.onEvent(e.client, events[i].Events, &clock)
 			}
 		}
 	}
@@ -279,6 +279,10 @@ func (s *Session) runEvented(p *poller) (done chan struct{}, ok bool) {
 	// From here the duplicates carry the session. Closing the net.Conns
 	// takes the sockets out of Go's netpoller, whose epoll would otherwise
 	// be woken for every message too.
+	// Under cwMu from the close to the switch of s.cw: drainIfIdle, which
+	// may run now, writes its FATAL either to the old connection while it
+	// is open or to the new writer, never to a closed one.
+	s.cwMu.Lock()
 	s.connMu.Lock()
 	ctcp.Close()
 	utcp.Close()
@@ -286,8 +290,8 @@ func (s *Session) runEvented(p *poller) (done chan struct{}, ok bool) {
 	ev.cwr = &fdWriter{fd: ev.cfd}
 	ev.uwr = &fdWriter{fd: ev.ufd}
 	s.cr, s.ur = ev.cin, ev.uin
+	s.evented = true
 	s.uw.Reset(ev.uwr)
-	s.cwMu.Lock()
 	s.cw.Reset(ev.cwr)
 	s.cwMu.Unlock()
 	s.ev.Store(ev)
@@ -298,7 +302,8 @@ func (s *Session) runEvented(p *poller) (done chan struct{}, ok bool) {
 	// calls, deregisters and closes under ev.mu too, so the sockets are
 	// never registered after they are closed.
 	ev.mu.Lock()
-	ok = !s.closing.Load() && s.evWork(ev, true, 0) && s.evWork(ev, false, 0)
+	clock := monoNow()
+	ok = !s.closing.Load() && s.evWork(ev, true, 0, &clock) && s.evWork(ev, false, 0, &clock)
 	if ok {
 		ev.cEvents, ev.uEvents = s.evInterest(ev)
 		if err := p.add(s, ev); err != nil {
@@ -336,18 +341,18 @@ func (s *Session) endEvented() {
 }
 
 // onEvent handles readiness of one of the session's sockets. [loop]
-func (s *Session) onEvent(client bool, events uint32) {
+func (s *Session) onEvent(client bool, events uint32, clock *time.Duration) {
 	if s.closing.Load() {
 		return
 	}
-	if !s.onEventRecover(client, events) {
+	if !s.onEventRecover(client, events, clock) {
 		s.kill()
 	}
 }
 
 // onEventRecover runs the handlers; a panic ends only this session, as it
 // does on the goroutine engine.
-func (s *Session) onEventRecover(client bool, events uint32) (ok bool) {
+func (s *Session) onEventRecover(client bool, events uint32, clock *time.Duration) (ok bool) {
 	ev := s.ev.Load()
 	defer func() {
 		if r := recover(); r != nil {
@@ -364,7 +369,7 @@ func (s *Session) onEventRecover(client bool, events uint32) (ok bool) {
 	if ev.closed {
 		return true
 	}
-	if !s.evWork(ev, client, events) {
+	if !s.evWork(ev, client, events, clock) {
 		return false
 	}
 	if c, u := s.evInterest(ev); c != ev.cEvents || u != ev.uEvents {
@@ -382,11 +387,11 @@ func (s *Session) onEventRecover(client bool, events uint32) (ok bool) {
 
 // evWork writes what waits for a writable socket, reads what a readable one
 // holds and handles every whole frame in memory; events 0 handles only what
-// is in memory. false ends the session. [loop, under ev.mu]
-func (s *Session) evWork(ev *evState, client bool, events uint32) bool {
-	// One monotonic clock read here and one at the end (time.Now reads two
-	// clocks); began is a full time.Time for the handlers all the same.
-	beganMono := time.Since(monoEpoch)
+// is in memory. false ends the session. *clock is when the work began (a
+// monoNow reading) on entry, when it ended on return: the loop reads the
+// clock once per event. [loop, under ev.mu]
+func (s *Session) evWork(ev *evState, client bool, events uint32, clock *time.Duration) bool {
+	beganMono := *clock
 	began := monoEpoch.Add(beganMono)
 	var err error
 	if events&syscall.EPOLLOUT != 0 {
@@ -410,10 +415,12 @@ func (s *Session) evWork(ev *evState, client bool, events uint32) bool {
 		if client {
 			err = s.evClientFrames(ev, began)
 		} else {
+			s.srvState.arrived = beganMono
 			err = s.evServerFrames(ev)
 		}
 	}
-	s.overhead.Add(int64(time.Since(monoEpoch) - beganMono))
+	*clock = monoNow()
+	s.overhead.Add(int64(*clock - beganMono))
 	if err == nil && eof {
 		err = io.EOF
 	}

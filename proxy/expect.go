@@ -39,9 +39,9 @@ type expect struct {
 	// ErrorResponse is the client's reply.
 	raised bool
 	snap   *Snapshot // catalog: the configuration the query was built from
-	// sent is when the client's message arrived (Sync, Query), for the
-	// statement duration metrics.
-	sent time.Time
+	// sent is when the client's message arrived (Sync, Query; a monoNow
+	// reading, 0 for other entries), for the statement duration metrics.
+	sent time.Duration
 }
 
 // expectQueue is the only state both loops touch.
@@ -50,18 +50,31 @@ type expectQueue struct {
 	items  []expect
 	head   int
 	closed bool // drained: no more pushes
+	// pushed and popped count entries ever added and removed: entry
+	// number n (counting from 1) has been answered once popped >= n.
+	pushed, popped uint64
 }
 
-// push appends an entry; false once the session is being drained.
-func (q *expectQueue) push(e expect) bool {
+// push appends an entry and returns its number; ok is false once the
+// session is being drained.
+func (q *expectQueue) push(e expect) (n uint64, ok bool) {
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
-		return false
+		return 0, false
 	}
 	q.items = append(q.items, e)
+	q.pushed++
+	n = q.pushed
 	q.mu.Unlock()
-	return true
+	return n, true
+}
+
+// answered reports whether entry number n has been removed.
+func (q *expectQueue) answered(n uint64) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.popped >= n
 }
 
 // peek returns the oldest entry without removing it.
@@ -88,6 +101,7 @@ func (q *expectQueue) popLocked() (expect, bool) {
 	e := q.items[q.head]
 	q.items[q.head] = expect{}
 	q.head++
+	q.popped++
 	if q.head == len(q.items) {
 		q.items, q.head = q.items[:0], 0
 	}

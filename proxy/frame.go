@@ -56,6 +56,11 @@ type frameSource interface {
 	forward(w *bufio.Writer) error
 	// skip discards the current frame.
 	skip() error
+	// frame returns, after body, the whole frame (header included) as it
+	// arrived, or nil when it is not in memory as one piece; borrowed
+	// until the next call. Handlers that decode a frame and then forward it
+	// unchanged send it from there, without copying it first.
+	frame() []byte
 	// buffered reports how many input bytes are already in memory.
 	buffered() int
 }
@@ -71,6 +76,9 @@ type frameReader struct {
 	typ  byte // current frame
 	size int  // current body length
 	read bool // current body already consumed
+	// whole is the current frame when body handed it out of the read
+	// buffer; nil otherwise.
+	whole []byte
 }
 
 func newFrameReader(r io.Reader, limit int) *frameReader {
@@ -112,6 +120,7 @@ func (fr *frameReader) next() (byte, int, error) {
 			return 0, 0, err
 		}
 	}
+	fr.whole = nil
 	hdr, err := fr.r.Peek(5)
 	if err != nil {
 		return 0, 0, err
@@ -133,13 +142,17 @@ func (fr *frameReader) next() (byte, int, error) {
 // read buffer the slice points into it (no copy).
 func (fr *frameReader) body() ([]byte, error) {
 	fr.read = true
+	fr.whole = nil
 	if 5+fr.size <= fr.r.Size() {
 		b, err := fr.r.Peek(5 + fr.size)
 		if err != nil {
 			return nil, err
 		}
 		body := b[5:]
+		// Discard does not overwrite the buffer: b stays valid until the
+		// next read (next's Peek).
 		_, _ = fr.r.Discard(5 + fr.size)
+		fr.whole = b
 		return body, nil
 	}
 	if _, err := fr.r.Discard(5); err != nil {
@@ -154,6 +167,8 @@ func (fr *frameReader) body() ([]byte, error) {
 	}
 	return fr.scratch, nil
 }
+
+func (fr *frameReader) frame() []byte { return fr.whole }
 
 // release drops a scratch buffer that grew past the I/O buffer size, so one
 // huge message does not pin memory for the life of the session.

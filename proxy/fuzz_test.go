@@ -3,10 +3,13 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"strings"
 	"testing"
+
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // FuzzFrame: any byte stream read as frames neither panics nor allocates
@@ -224,6 +227,47 @@ func FuzzMemFrames(f *testing.F) {
 		}
 		if !bad && m.discard == 0 && m.buffered() == 0 && len(got) != len(want) {
 			t.Fatalf("all bytes consumed but memFrames yielded %d frames, frameReader %d", len(got), len(want))
+		}
+	})
+}
+
+// FuzzBindMsg: the in-place Bind decoder accepts only what pgproto3 reads
+// the same way, and re-encoding what it read gives back the same frame.
+func FuzzBindMsg(f *testing.F) {
+	for _, b := range []*pgproto3.Bind{
+		{},
+		{DestinationPortal: "p", PreparedStatement: "s", ParameterFormatCodes: []int16{1}, Parameters: [][]byte{[]byte("x"), nil, {}}, ResultFormatCodes: []int16{0, 1}},
+		{Parameters: [][]byte{[]byte("u4242@example.com")}, ResultFormatCodes: []int16{1}},
+	} {
+		frame, _ := b.Encode(nil)
+		f.Add(frame[5:])
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var m bindMsg
+		if !m.decode(body) {
+			return
+		}
+		var want pgproto3.Bind
+		if err := want.Decode(body); err != nil {
+			t.Fatalf("decoded what pgproto3 refuses (%v)", err)
+		}
+		if string(m.portal) != want.DestinationPortal || string(m.stmt) != want.PreparedStatement ||
+			len(m.params) != len(want.Parameters) || len(m.formats) != len(want.ParameterFormatCodes) {
+			t.Fatalf("decoded %+v, pgproto3 %+v", m, want)
+		}
+		for i, p := range m.params {
+			if (p == nil) != (want.Parameters[i] == nil) || !bytes.Equal(p, want.Parameters[i]) {
+				t.Fatalf("parameter %d: %q, pgproto3 %q", i, p, want.Parameters[i])
+			}
+		}
+		for i, c := range m.formats {
+			if c != want.ParameterFormatCodes[i] {
+				t.Fatalf("format %d: %d, pgproto3 %d", i, c, want.ParameterFormatCodes[i])
+			}
+		}
+		frame := m.appendTo(nil, m.formats, m.params)
+		if !bytes.Equal(frame[5:], body) || frame[0] != 'B' || int(binary.BigEndian.Uint32(frame[1:])) != len(body)+4 {
+			t.Fatalf("re-encoded %x, want %x", frame[5:], body)
 		}
 	})
 }

@@ -21,10 +21,11 @@ type memFrames struct {
 	buf     []byte // unread bytes are buf[r:]
 	r       int
 	limit   int
-	size    int  // body length of the current frame
-	current bool // a frame's header was returned and its body not consumed
-	discard int  // bytes of a skipped frame still to arrive
-	full    bool // the last read filled the room spare offered
+	size    int    // body length of the current frame
+	current bool   // a frame's header was returned and its body not consumed
+	discard int    // bytes of a skipped frame still to arrive
+	full    bool   // the last read filled the room spare offered
+	whole   []byte // the frame body last handed out, header included
 }
 
 // spare returns room for the next read: at least minReadSpace, and enough
@@ -80,6 +81,7 @@ func (m *memFrames) shrink() {
 }
 
 func (m *memFrames) next() (byte, int, error) {
+	m.whole = nil
 	if m.current {
 		if err := m.skip(); err != nil {
 			return 0, 0, err
@@ -112,9 +114,14 @@ func (m *memFrames) next() (byte, int, error) {
 func (m *memFrames) body() ([]byte, error) {
 	m.current = false
 	b := m.buf[m.r+5 : m.r+5+m.size]
+	m.whole = m.buf[m.r : m.r+5+m.size]
 	m.r += 5 + m.size
 	return b, nil
 }
+
+// frame: the bytes stay in buf until the next read, which only happens
+// once every whole frame in memory has been handled.
+func (m *memFrames) frame() []byte { return m.whole }
 
 func (m *memFrames) forward(w *bufio.Writer) error {
 	m.current = false

@@ -105,6 +105,10 @@ type Metrics struct {
 	// closed set, resolved once: the per-statement path is two map
 	// lookups and an atomic add, not a label hash.
 	known map[*prometheus.CounterVec]map[string]prometheus.Counter
+	// The per-statement counters, resolved once more into fields: a map
+	// lookup touches memory the statement's other work does not.
+	queryPassthrough, queryRewritten prometheus.Counter
+	cacheHit, cacheMiss, cacheSkip   prometheus.Counter
 }
 
 // NewMetrics creates the pgveil_* families, registers them with reg and sets
@@ -177,6 +181,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.planCache:        counters(m.planCache, cacheResults),
 		m.reloads:          counters(m.reloads, reloadResults),
 	}
+	m.queryPassthrough = m.known[m.queries][OutcomePassthrough]
+	m.queryRewritten = m.known[m.queries][OutcomeRewritten]
+	m.cacheHit = m.known[m.planCache][CacheHit]
+	m.cacheMiss = m.known[m.planCache][CacheMiss]
+	m.cacheSkip = m.known[m.planCache][CacheSkip]
 	if reg != nil {
 		reg.MustRegister(m.connections, m.connectionsTotal, m.queries, m.rejections,
 			m.upstreamErrors, m.planCache, m.overhead, m.upstreamWait, m.statement,
@@ -236,7 +245,14 @@ func (m *Metrics) Query(outcome string) {
 	if m == nil {
 		return
 	}
-	m.inc(m.queries, outcome)
+	switch outcome {
+	case OutcomePassthrough:
+		m.queryPassthrough.Inc()
+	case OutcomeRewritten:
+		m.queryRewritten.Inc()
+	default:
+		m.inc(m.queries, outcome)
+	}
 }
 
 // Rejection records one refusal with a Reason* constant. A refused statement
@@ -262,7 +278,14 @@ func (m *Metrics) PlanCache(result string) {
 	if m == nil {
 		return
 	}
-	m.inc(m.planCache, result)
+	switch result {
+	case CacheHit:
+		m.cacheHit.Inc()
+	case CacheMiss:
+		m.cacheMiss.Inc()
+	case CacheSkip:
+		m.cacheSkip.Inc()
+	}
 }
 
 // ObserveOverhead records the time pgveil spent on one statement apart from

@@ -13,11 +13,24 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgveil/pgveil/rewrite"
 	"github.com/prometheus/client_golang/prometheus"
 )
+
+// monoEpoch is the origin of monotonic clock readings kept as durations:
+// 8 bytes instead of a time.Time's 24 in every entry of the expect queue.
+var monoEpoch = time.Now()
+
+// monoNow reads the monotonic clock only (time.Now reads the wall clock
+// too).
+func monoNow() time.Duration { return time.Since(monoEpoch) }
+
+// mono converts a reading of time.Now to monoNow's scale, without reading
+// the clock.
+func mono(t time.Time) time.Duration { return t.Sub(monoEpoch) }
 
 // Session is one client connection and its one upstream connection.
 //
@@ -51,19 +64,21 @@ type Session struct {
 	cat      atomic.Pointer[catalog] // written by startup and serverLoop, read by both
 	txStatus atomic.Uint32           // last ReadyForQuery status: 'I', 'T', 'E'
 
-	snap        *Snapshot             // [client] snapshot in force for the current statement
-	stmts       map[string]*statement // [client] prepared statements by name ("" = unnamed)
-	portals     map[string]*portal    // [client]
-	copyIn      *copyInState          // [client] rewriting a COPY FROM STDIN
-	needCatalog bool                  // [client] reload the catalog before the next statement
-	ddlPending  bool                  // [client] the statement being sent changes the schema
-	inBatch     bool                  // [client] extended-protocol messages sent since the last Sync
-	catMissAt   time.Time             // [client] last reload for a configured table missing from the catalog
-	failedBatch bool                  // [client] pgveil refused a message; the server skips to Sync
-	encBuf      []byte                // [client] scratch for re-encoded messages
-	valBuf      []byte                // [client] scratch for one transformed value
-	planScratch rewrite.Scratch       // [client] the literals of the statement being handled
-	bindScratch bindScratch           // [client]
+	snap        *Snapshot        // [client] snapshot in force for the current statement
+	stmts       named[statement] // [client] prepared statements by name ("" = unnamed)
+	portals     named[portal]    // [client]
+	copyIn      *copyInState     // [client] rewriting a COPY FROM STDIN
+	needCatalog bool             // [client] reload the catalog before the next statement
+	ddlPending  bool             // [client] the statement being sent changes the schema
+	inBatch     bool             // [client] extended-protocol messages sent since the last Sync
+	catMissAt   time.Time        // [client] last reload for a configured table missing from the catalog
+	failedBatch bool             // [client] pgveil refused a message; the server skips to Sync
+	encBuf      []byte           // [client] scratch for re-encoded messages
+	valBuf      []byte           // [client] scratch for one transformed value
+	planScratch rewrite.Scratch  // [client] the literals of the statement being handled
+	bindScratch bindScratch      // [client]
+	bindMsg     bindMsg          // [client]
+	encStats    encStats         // [client]
 	// xform is transformer's function for xformSnap, made once per
 	// snapshot rather than once per statement.
 	xform     func(rewrite.Action, []byte) ([]byte, error) // [client]
@@ -86,6 +101,9 @@ type Session struct {
 	started atomic.Bool
 	// ev is the session's event-loop state when the event loop carries it.
 	ev atomic.Pointer[evState]
+	// evented is set before the event loop first runs the session's
+	// handlers: from then on its two sides never run at the same time.
+	evented bool // [client]
 	// connMu guards client and upstream while startup replaces them, for
 	// kill called from other goroutines.
 	connMu sync.Mutex
@@ -127,20 +145,70 @@ type parseMemo struct {
 	stmt *statement
 }
 
+// named holds a client's prepared statements or portals by name. The
+// unnamed one ("") is what most drivers use for every execution: it lives
+// in a field, so that path does no map operation. [client]
+type named[T any] struct {
+	unnamed *T
+	byName  map[string]*T
+}
+
+func (n *named[T]) get(name string) *T {
+	if name == "" {
+		return n.unnamed
+	}
+	return n.byName[name]
+}
+
+func (n *named[T]) getBytes(name []byte) *T {
+	if len(name) == 0 {
+		return n.unnamed
+	}
+	return n.byName[string(name)]
+}
+
+func (n *named[T]) set(name string, v *T) {
+	if name == "" {
+		n.unnamed = v
+		return
+	}
+	if n.byName == nil {
+		n.byName = map[string]*T{}
+	}
+	n.byName[name] = v
+}
+
+func (n *named[T]) del(name string) {
+	if name == "" {
+		n.unnamed = nil
+		return
+	}
+	delete(n.byName, name)
+}
+
+// named reports how many named entries there are.
+func (n *named[T]) named() int { return len(n.byName) }
+
+func (n *named[T]) clear() {
+	n.unnamed = nil
+	clear(n.byName)
+}
+
 // portal is a bound statement.
 type portal struct {
 	stmt      *statement
-	described bool     // [client]
-	rows      *rowInfo // [server]
-	rowsKnown bool     // [server]
+	described bool // [client]
+	// owedThrough is the number of the last expect entry that refers to
+	// the portal. [client]
+	owedThrough uint64
+	rows        *rowInfo // [server]
+	rowsKnown   bool     // [server]
 }
 
 func newSession(srv *Server, c net.Conn, id uint64) *Session {
 	return &Session{
 		srv: srv, id: id, client: c,
-		log:     srv.Logger.With("session", id),
-		stmts:   map[string]*statement{},
-		portals: map[string]*portal{},
+		log: srv.Logger.With("session", id),
 	}
 }
 
@@ -355,7 +423,7 @@ func (s *Session) onClientMessage(typ byte, nextErr error, busySince time.Time) 
 		err = s.onClose()
 	case 'S':
 		s.failedBatch, s.inBatch = false, false
-		err = s.forwardExpect(expect{kind: expSync, sent: busySince})
+		err = s.forwardExpect(expect{kind: expSync, sent: mono(busySince)})
 	case 'd':
 		if s.copyIn != nil {
 			err = s.onCopyData()
@@ -369,7 +437,7 @@ func (s *Session) onClientMessage(typ byte, nextErr error, busySince time.Time) 
 			err = s.cr.forward(s.uw)
 		}
 	case 'F': // FunctionCall: a result, then ReadyForQuery
-		err = s.forwardExpect(expect{kind: expQuery, sent: busySince})
+		err = s.forwardExpect(expect{kind: expQuery, sent: mono(busySince)})
 	case 'X':
 		if err := s.cr.forward(s.uw); err != nil {
 			return err
@@ -379,6 +447,7 @@ func (s *Session) onClientMessage(typ byte, nextErr error, busySince time.Time) 
 	default: // Flush, and anything else PostgreSQL will judge itself
 		err = s.cr.forward(s.uw)
 	}
+	s.endEncryptions()
 	if err != nil {
 		return err
 	}
@@ -393,7 +462,7 @@ func (s *Session) onClientMessage(typ byte, nextErr error, busySince time.Time) 
 // forwardExpect forwards the current message unchanged and records the
 // reply it is owed.
 func (s *Session) forwardExpect(e expect) error {
-	if !s.q.push(e) {
+	if _, ok := s.q.push(e); !ok {
 		return net.ErrClosed
 	}
 	return s.cr.forward(s.uw)
@@ -401,11 +470,27 @@ func (s *Session) forwardExpect(e expect) error {
 
 // send writes an encoded message to the upstream after recording its reply.
 func (s *Session) send(e expect, frame []byte) error {
-	if !s.q.push(e) {
+	n, ok := s.q.push(e)
+	if !ok {
 		return net.ErrClosed
+	}
+	if e.portal != nil {
+		e.portal.owedThrough = n
 	}
 	_, err := s.uw.Write(frame)
 	return err
+}
+
+// sendAsIs sends the current client frame, whose type and body the handler
+// decoded, unchanged after recording its reply: straight from the read
+// buffer when it is whole there, else framed anew from body.
+func (s *Session) sendAsIs(e expect, typ byte, body []byte) error {
+	if f := s.cr.frame(); f != nil {
+		return s.send(e, f)
+	}
+	frame := append(append(s.encBuf[:0], typ, 0, 0, 0, 0), body...)
+	s.encBuf = finishFrame(frame, 0)
+	return s.send(e, s.encBuf)
 }
 
 // snapshot loads the snapshot in force at a statement boundary; a new
@@ -495,7 +580,9 @@ func (s *Session) onQuery(sent time.Time) error {
 		return &fatalError{&pgError{code: codeProtocolViolation, msg: "pgveil: malformed Query message"}}
 	}
 	snap := s.snapshot()
-	sql := string(sqlBytes)
+	// A view of the read buffer, not a copy: the plan is rendered before
+	// the buffer is read into again, and PlanScratch keeps nothing of it.
+	sql := unsafe.String(unsafe.SliceData(sqlBytes), len(sqlBytes))
 	plan, lits, err := s.plan(snap, sql)
 	if err != nil {
 		return s.raiseQuery(nil, err)
@@ -505,12 +592,7 @@ func (s *Session) onQuery(sent time.Time) error {
 		return s.raiseQuery(plan, plan.Refusal)
 	case rewrite.KindPassthrough:
 		s.countOutcome(plan, nil)
-		frame := s.encBuf[:0]
-		frame = append(frame, 'Q', 0, 0, 0, 0)
-		frame = append(frame, body...)
-		frame = finishFrame(frame, 0)
-		s.encBuf = frame
-		return s.send(expect{kind: expQuery, plan: plan, sent: sent}, frame)
+		return s.sendAsIs(expect{kind: expQuery, plan: plan, sent: mono(sent)}, 'Q', body)
 	}
 	// Rendered straight into the frame sent upstream.
 	frame, start := appendFrameHeader(s.encBuf[:0], 'Q')
@@ -526,7 +608,7 @@ func (s *Session) onQuery(sent time.Time) error {
 	frame = append(frame, 0)
 	frame = finishFrame(frame, start)
 	s.encBuf = frame
-	return s.send(expect{kind: expQuery, plan: plan, sent: sent}, frame)
+	return s.send(expect{kind: expQuery, plan: plan, sent: mono(sent)}, frame)
 }
 
 // raiseQuery sends, in place of a refused simple query, one that makes
@@ -539,7 +621,7 @@ func (s *Session) raiseQuery(plan *rewrite.Plan, err error) error {
 	q := pgproto3.Query{String: raiseSQL(err)}
 	frame, _ := q.Encode(s.encBuf[:0])
 	s.encBuf = frame
-	return s.send(expect{kind: expQuery, sent: time.Now(), raised: true}, frame)
+	return s.send(expect{kind: expQuery, sent: monoNow(), raised: true}, frame)
 }
 
 // raiseExtended sends, in place of a refused Parse or Bind, an unnamed
@@ -554,9 +636,10 @@ func (s *Session) raiseExtended(err error) error {
 	buf, _ = (&pgproto3.Bind{}).Encode(buf)
 	buf, _ = (&pgproto3.Execute{}).Encode(buf)
 	s.encBuf = buf
-	if !s.q.push(expect{kind: expParse, drop: true}) || !s.q.push(expect{kind: expBind, drop: true}) ||
-		!s.q.push(expect{kind: expExecute, raised: true}) {
-		return net.ErrClosed
+	for _, e := range [...]expect{{kind: expParse, drop: true}, {kind: expBind, drop: true}, {kind: expExecute, raised: true}} {
+		if _, ok := s.q.push(e); !ok {
+			return net.ErrClosed
+		}
 	}
 	_, werr := s.uw.Write(buf)
 	return werr
@@ -597,10 +680,8 @@ func (s *Session) onParse() error {
 		// it without decoding or planning again.
 		s.stats.statements.Add(1)
 		s.srv.Metrics.PlanCache(CacheSkip)
-		s.stmts[r.stmt.name] = r.stmt
-		frame := append(append(s.encBuf[:0], 'P', 0, 0, 0, 0), body...)
-		s.encBuf = finishFrame(frame, 0)
-		return s.send(expect{kind: expParse, stmt: r.stmt}, s.encBuf)
+		s.stmts.set(r.stmt.name, r.stmt)
+		return s.sendAsIs(expect{kind: expParse, stmt: r.stmt}, 'P', body)
 	}
 	var p pgproto3.Parse
 	if err := p.Decode(body); err != nil {
@@ -608,35 +689,33 @@ func (s *Session) onParse() error {
 	}
 	plan, lits, err := s.plan(snap, p.Query)
 	if err != nil {
-		delete(s.stmts, p.Name)
+		s.stmts.del(p.Name)
 		return s.raiseExtended(err)
 	}
 	switch plan.Kind {
 	case rewrite.KindRefuse:
-		delete(s.stmts, p.Name)
+		s.stmts.del(p.Name)
 		return s.raiseExtended(plan.Refusal)
 	case rewrite.KindPassthrough:
 		st := &statement{name: p.Name, plan: plan, clientParams: -1}
-		s.stmts[p.Name] = st
+		s.stmts.set(p.Name, st)
 		if len(plan.Tables) == 0 && !plan.DDL && len(body) <= 4096 {
 			s.lastParse = &parseMemo{body: append(s.lastParseBuf[:0], body...), snap: snap, stmt: st}
 			s.lastParseBuf = s.lastParse.body
 		} else {
 			s.lastParse = nil
 		}
-		frame := append(append(s.encBuf[:0], 'P', 0, 0, 0, 0), body...)
-		s.encBuf = finishFrame(frame, 0)
-		return s.send(expect{kind: expParse, stmt: st}, s.encBuf)
+		return s.sendAsIs(expect{kind: expParse, stmt: st}, 'P', body)
 	}
 	if len(plan.Hidden) > 0 && len(p.ParameterOIDs) > plan.NumClientParams {
-		delete(s.stmts, p.Name)
+		s.stmts.del(p.Name)
 		return s.raiseExtended(&pgError{code: codeFeatureNotSupported,
 			msg:  "pgveil: a statement on an encrypted table declares more parameter types than it uses",
 			hint: "declare only the parameters the statement uses"})
 	}
 	out, err := plan.Render(nil, p.Query, lits, s.transformer(snap))
 	if err != nil {
-		delete(s.stmts, p.Name)
+		s.stmts.del(p.Name)
 		return s.raiseExtended(err)
 	}
 	nClient := plan.NumClientParams
@@ -665,7 +744,7 @@ func (s *Session) onParse() error {
 		oids = append(oids, oidForOp(h.Action.Op))
 	}
 	st := &statement{name: p.Name, plan: plan, clientParams: nClient, hidden: len(plan.Hidden), declared: declared}
-	s.stmts[p.Name] = st
+	s.stmts.set(p.Name, st)
 	np := pgproto3.Parse{Name: p.Name, Query: string(out), ParameterOIDs: oids}
 	frame, _ := np.Encode(s.encBuf[:0])
 	s.encBuf = frame
@@ -712,31 +791,36 @@ func (s *Session) onBind() error {
 		return &fatalError{&pgError{code: codeProtocolViolation, msg: "pgveil: malformed Bind message"}}
 	}
 	s.snapshot() // a reload's new primary key encrypts this Bind's values
-	if len(s.portals) > 64 && !s.inBatch && s.txStatus.Load() == 'I' && s.q.empty() {
+	if s.portals.named() > 64 && !s.inBatch && s.txStatus.Load() == 'I' && s.q.empty() {
 		// Outside a transaction and a batch every portal is gone on the
 		// server; forget them so a client naming each portal anew does not
 		// grow this map.
-		clear(s.portals)
+		s.portals.clear()
 	}
-	st := s.stmts[string(stmtName)]
-	pt := &portal{stmt: st}
-	s.portals[portalName] = pt
+	st := s.stmts.getBytes(stmtName)
+	var pt *portal
+	if old := s.portals.unnamed; portalName == "" && old != nil && s.evented && s.q.answered(old.owedThrough) {
+		// Every reply owed for the old unnamed portal has arrived, so no
+		// entry of the queue refers to it, and on the event loop the
+		// server side is not using it right now: reuse it rather than
+		// allocate one per execution.
+		*old = portal{stmt: st}
+		pt = old
+	} else {
+		pt = &portal{stmt: st}
+	}
+	s.portals.set(portalName, pt)
 	if st == nil || st.plan.Kind != rewrite.KindRewrite || (len(st.plan.ClientParams) == 0 && len(st.plan.Hidden) == 0) {
-		frame := append(append(s.encBuf[:0], 'B', 0, 0, 0, 0), body...)
-		s.encBuf = finishFrame(frame, 0)
-		return s.send(expect{kind: expBind}, s.encBuf)
+		return s.sendAsIs(expect{kind: expBind}, 'B', body)
 	}
-	var b pgproto3.Bind
-	if err := b.Decode(body); err != nil {
+	b := &s.bindMsg
+	if !b.decode(body) {
 		return &fatalError{&pgError{code: codeProtocolViolation, msg: "pgveil: malformed Bind message"}}
 	}
-	if err := s.transformBind(st, &b); err != nil {
-		delete(s.portals, portalName)
-		return s.raiseExtended(err)
-	}
-	frame, err := b.Encode(s.encBuf[:0])
+	frame, err := s.transformBind(s.encBuf[:0], st, b)
 	if err != nil {
-		return &fatalError{err}
+		s.portals.del(portalName)
+		return s.raiseExtended(err)
 	}
 	s.encBuf = frame
 	return s.send(expect{kind: expBind}, frame)
@@ -754,19 +838,17 @@ func (s *Session) onDescribe() error {
 	e := expect{kind: expDescribePortal}
 	if body[0] == 'S' {
 		e.kind = expDescribeStmt
-		e.stmt = s.stmts[name]
+		e.stmt = s.stmts.get(name)
 		if e.stmt != nil {
 			e.stmt.described = true
 		}
 	} else {
-		e.portal = s.portals[name]
+		e.portal = s.portals.get(name)
 		if e.portal != nil {
 			e.portal.described = true
 		}
 	}
-	frame := append(append(s.encBuf[:0], 'D', 0, 0, 0, 0), body...)
-	s.encBuf = finishFrame(frame, 0)
-	return s.send(e, s.encBuf)
+	return s.sendAsIs(e, 'D', body)
 }
 
 func (s *Session) onExecute() error {
@@ -778,7 +860,7 @@ func (s *Session) onExecute() error {
 	if !ok {
 		return &fatalError{&pgError{code: codeProtocolViolation, msg: "pgveil: malformed Execute message"}}
 	}
-	pt := s.portals[name]
+	pt := s.portals.get(name)
 	if !s.failedBatch {
 		// Statements are counted per execution, by what their plan does.
 		if pt != nil && pt.stmt != nil {
@@ -800,9 +882,7 @@ func (s *Session) onExecute() error {
 	if pt != nil && pt.stmt != nil && pt.stmt.plan != nil && pt.stmt.plan.Copy != nil && pt.stmt.plan.Copy.In {
 		s.copyIn = newCopyInState(pt.stmt.plan.Copy, s.snap, s)
 	}
-	frame := append(append(s.encBuf[:0], 'E', 0, 0, 0, 0), body...)
-	s.encBuf = finishFrame(frame, 0)
-	return s.send(expect{kind: expExecute, portal: pt}, s.encBuf)
+	return s.sendAsIs(expect{kind: expExecute, portal: pt}, 'E', body)
 }
 
 func (s *Session) onClose() error {
@@ -813,14 +893,12 @@ func (s *Session) onClose() error {
 	if len(body) >= 2 {
 		name, _, _ := cstring(body[1:])
 		if body[0] == 'S' {
-			delete(s.stmts, name)
+			s.stmts.del(name)
 		} else {
-			delete(s.portals, name)
+			s.portals.del(name)
 		}
 	}
-	frame := append(append(s.encBuf[:0], 'C', 0, 0, 0, 0), body...)
-	s.encBuf = finishFrame(frame, 0)
-	return s.send(expect{kind: expClose}, s.encBuf)
+	return s.sendAsIs(expect{kind: expClose}, 'C', body)
 }
 
 // injectCatalogQuery reloads the catalog between statements (after DDL or a
@@ -856,6 +934,11 @@ type serverState struct {
 	// decCounters are the decryption counters of decCountersSnap's keys.
 	decCounters     []prometheus.Counter
 	decCountersSnap *Snapshot
+	// arrived is when the event loop found the frames being handled in
+	// memory (a monoNow reading; zero on the goroutine engine): a
+	// ReadyForQuery's arrival ends its statement's duration without
+	// another clock reading.
+	arrived time.Duration
 }
 
 func (s *Session) serverLoop() {
@@ -950,7 +1033,7 @@ func (s *Session) onServerMessage(st *serverState, typ byte) error {
 		if e.drop || st.discarding {
 			return nil
 		}
-		s.writeClientFrame('T', body)
+		s.forwardServerFrame('T', body)
 		return nil
 	case 't': // ParameterDescription
 		e, _ := s.q.peek()
@@ -1007,7 +1090,7 @@ func (s *Session) onServerMessage(st *serverState, typ byte) error {
 			return nil
 		}
 		st.discarding = false
-		s.writeClientFrame('Z', body)
+		s.forwardServerFrame('Z', body)
 		s.observeStatement(e)
 		return nil
 	case 'E': // ErrorResponse
@@ -1113,10 +1196,14 @@ func (s *Session) writeParameterDescription(body []byte, st *statement) {
 // extended batch) took and how much of it pgveil spent working rather than
 // waiting on PostgreSQL.
 func (s *Session) observeStatement(e expect) {
-	if e.sent.IsZero() {
+	if e.sent == 0 {
 		return
 	}
-	d := time.Since(e.sent)
+	at := s.srvState.arrived
+	if at == 0 {
+		at = monoNow()
+	}
+	d := at - e.sent
 	ov := time.Duration(s.overhead.Swap(0))
 	if ov > d {
 		ov = d

@@ -320,11 +320,23 @@ func (s *Session) upstreamLost(err error) error {
 }
 
 func (s *Session) writeClientFrame(typ byte, body []byte) {
-	var hdr [5]byte
-	hdr[0] = typ
+	// The header is built in the writer's own free space (a local array
+	// passed to Write would escape: one allocation per message).
+	hdr := append(s.cw.AvailableBuffer(), typ, 0, 0, 0, 0)
 	binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)+4))
-	_, _ = s.cw.Write(hdr[:])
+	_, _ = s.cw.Write(hdr)
 	_, _ = s.cw.Write(body)
+}
+
+// forwardServerFrame writes to the client the server frame whose body a
+// handler read and left unchanged: in one piece from the read buffer when
+// it is whole there.
+func (s *Session) forwardServerFrame(typ byte, body []byte) {
+	if f := s.ur.frame(); f != nil {
+		_, _ = s.cw.Write(f)
+		return
+	}
+	s.writeClientFrame(typ, body)
 }
 
 // withoutSCRAMPlus removes SCRAM-SHA-256-PLUS from an AuthenticationSASL body.

@@ -5,9 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgveil/pgveil/config"
 	"github.com/pgveil/pgveil/keyring"
 	"github.com/pgveil/pgveil/rewrite"
@@ -235,6 +235,31 @@ func (s *Session) flushDecryptMetrics(st *serverState) {
 	st.decErrors, st.decTime = 0, 0
 }
 
+// encStats gathers the encryptions of the client message being handled:
+// one clock reading serves as the tokens' timestamp and the start of the
+// message's encryption_duration_seconds observation (per message, not per
+// value: two clock readings and a histogram per value cost more than a
+// token's HMAC). [client]
+type encStats struct {
+	began     time.Time // zero until the message's first token
+	unix      int64
+	n, failed int
+}
+
+// endEncryptions publishes what encStats gathered for one client message.
+func (s *Session) endEncryptions() {
+	es := &s.encStats
+	if es.n == 0 {
+		return
+	}
+	var d time.Duration
+	if !es.began.IsZero() {
+		d = time.Since(es.began)
+	}
+	s.srv.KeyMetrics.ObserveEncrypt(es.n, es.failed, d)
+	*es = encStats{}
+}
+
 // transformer returns the function that computes what an Action makes of a
 // value: tokens, blind indexes, arrays of blind indexes.
 // The value it returns is borrowed until its next call (Render copies it
@@ -260,17 +285,21 @@ func (s *Session) apply(snap *Snapshot, a rewrite.Action, v, dst []byte, binaryF
 	enc := snap.Config.Encryption
 	switch a.Op {
 	case rewrite.OpEncrypt:
+		es := &s.encStats
+		es.n++
 		if err := keyring.CheckPlain(v, enc.MaxSize, enc.Sanitize()); err != nil {
-			s.srv.KeyMetrics.ObserveEncrypt(1, 1, 0)
+			es.failed++
 			return nil, columnError(err, a.Column)
 		}
-		began := time.Now()
-		out, err := kr.Seal(dst, v)
+		if es.began.IsZero() {
+			es.began = time.Now()
+			es.unix = es.began.Unix()
+		}
+		out, err := kr.SealAt(dst, v, es.unix)
 		if err != nil {
-			s.srv.KeyMetrics.ObserveEncrypt(1, 1, 0)
+			es.failed++
 			return nil, err
 		}
-		s.srv.KeyMetrics.ObserveEncrypt(1, 0, time.Since(began))
 		return out, nil
 	case rewrite.OpHash:
 		if err := keyring.CheckPlain(v, enc.MaxSize, enc.Sanitize()); err != nil {
@@ -338,20 +367,21 @@ func columnError(err error, column string) error {
 	return &pgError{code: code, msg: fmt.Sprintf("%s (column %s)", msg, column)}
 }
 
-// transformBind applies a statement's parameter actions to a decoded Bind:
-// client parameters transformed in place, hidden parameters appended.
-func (s *Session) transformBind(st *statement, b *pgproto3.Bind) error {
+// transformBind applies a statement's parameter actions to a decoded Bind
+// and appends the Bind to send to dst: client parameters transformed in
+// place, hidden parameters appended.
+func (s *Session) transformBind(dst []byte, st *statement, b *bindMsg) ([]byte, error) {
 	plan := st.plan
 	snap := s.snap
-	n := len(b.Parameters)
+	n := len(b.params)
 	// Scratch reused from Bind to Bind: formats, parameters, and one arena
 	// holding every computed value (sliced once all are in, as it grows).
 	sc := &s.bindScratch
 	formats := sc.formats[:0]
 	for i := 0; i < n; i++ {
-		formats = append(formats, paramFormat(b.ParameterFormatCodes, i))
+		formats = append(formats, paramFormat(b.formats, i))
 	}
-	params := append(sc.params[:0], b.Parameters...)
+	params := append(sc.params[:0], b.params...)
 	arena := sc.arena[:0]
 	spans := sc.spans[:0]
 	for i, a := range plan.ClientParams {
@@ -362,7 +392,7 @@ func (s *Session) transformBind(st *statement, b *pgproto3.Bind) error {
 		var err error
 		arena, err = s.apply(snap, a, params[i], arena, formats[i] == 1)
 		if err != nil {
-			return err
+			return dst, err
 		}
 		spans = append(spans, valueSpan{param: i, start: start, end: len(arena)})
 		if a.Op == rewrite.OpHashArray || a.Op == rewrite.OpHashAll {
@@ -371,16 +401,16 @@ func (s *Session) transformBind(st *statement, b *pgproto3.Bind) error {
 	}
 	for _, h := range plan.Hidden {
 		if h.From < 0 || h.From >= n {
-			return &pgError{code: codeProtocolViolation, msg: fmt.Sprintf("pgveil: Bind supplies %d parameters, the statement needs %d", n, h.From+1)}
+			return dst, &pgError{code: codeProtocolViolation, msg: fmt.Sprintf("pgveil: Bind supplies %d parameters, the statement needs %d", n, h.From+1)}
 		}
-		src := b.Parameters[h.From]
+		src := b.params[h.From]
 		params = append(params, nil)
 		if src != nil {
 			start := len(arena)
 			var err error
 			arena, err = s.apply(snap, h.Action, src, arena, formats[h.From] == 1)
 			if err != nil {
-				return err
+				return dst, err
 			}
 			spans = append(spans, valueSpan{param: len(params) - 1, start: start, end: len(arena)})
 		}
@@ -389,15 +419,104 @@ func (s *Session) transformBind(st *statement, b *pgproto3.Bind) error {
 	for _, sp := range spans {
 		params[sp.param] = arena[sp.start:sp.end:sp.end]
 	}
-	b.Parameters = params
-	b.ParameterFormatCodes = compactFormats(formats)
+	if len(params) > math.MaxUint16 {
+		return dst, &pgError{code: codeProgramLimit, msg: fmt.Sprintf("pgveil: a Bind with the blind-index parameters pgveil adds would carry %d parameters; the protocol allows %d", len(params), math.MaxUint16)}
+	}
+	dst = b.appendTo(dst, compactFormats(formats), params)
 	sc.formats, sc.params, sc.spans = formats, params, spans
 	if cap(arena) <= 4*ioBufferSize {
 		sc.arena = arena
 	} else {
 		sc.arena = nil
 	}
-	return nil
+	return dst, nil
+}
+
+// bindMsg is a Bind decoded in place: names, values and the result format
+// codes are views of the frame's body, and the slices are reused from one
+// Bind to the next (pgproto3.Bind allocates names and slices each time).
+// [client]
+type bindMsg struct {
+	portal, stmt []byte
+	formats      []int16
+	params       [][]byte // nil: NULL
+	// results is the message's tail, the result format codes, sent on as
+	// it came.
+	results []byte
+}
+
+// decode reads body, which must be a whole, well-formed Bind.
+func (b *bindMsg) decode(body []byte) bool {
+	var ok bool
+	if b.portal, body, ok = cstringBytes(body); !ok {
+		return false
+	}
+	if b.stmt, body, ok = cstringBytes(body); !ok {
+		return false
+	}
+	if len(body) < 2 {
+		return false
+	}
+	nf := int(binary.BigEndian.Uint16(body))
+	body = body[2:]
+	if len(body) < 2*nf {
+		return false
+	}
+	b.formats = b.formats[:0]
+	for i := 0; i < nf; i++ {
+		b.formats = append(b.formats, int16(binary.BigEndian.Uint16(body[2*i:])))
+	}
+	body = body[2*nf:]
+	if len(body) < 2 {
+		return false
+	}
+	np := int(binary.BigEndian.Uint16(body))
+	body = body[2:]
+	b.params = b.params[:0]
+	for i := 0; i < np; i++ {
+		if len(body) < 4 {
+			return false
+		}
+		l := int32(binary.BigEndian.Uint32(body))
+		body = body[4:]
+		if l == -1 {
+			b.params = append(b.params, nil)
+			continue
+		}
+		if l < 0 || int(l) > len(body) {
+			return false
+		}
+		b.params = append(b.params, body[:l:l])
+		body = body[l:]
+	}
+	if len(body) < 2 || len(body) != 2+2*int(binary.BigEndian.Uint16(body)) {
+		return false
+	}
+	b.results = body
+	return true
+}
+
+// appendTo appends the Bind frame with the given parameters and their
+// format codes to dst.
+func (b *bindMsg) appendTo(dst []byte, formats []int16, params [][]byte) []byte {
+	dst, start := appendFrameHeader(dst, 'B')
+	dst = append(append(dst, b.portal...), 0)
+	dst = append(append(dst, b.stmt...), 0)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(formats)))
+	for _, f := range formats {
+		dst = binary.BigEndian.AppendUint16(dst, uint16(f))
+	}
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(params)))
+	for _, p := range params {
+		if p == nil {
+			dst = binary.BigEndian.AppendUint32(dst, 0xffffffff)
+			continue
+		}
+		dst = binary.BigEndian.AppendUint32(dst, uint32(len(p)))
+		dst = append(dst, p...)
+	}
+	dst = append(dst, b.results...)
+	return finishFrame(dst, start)
 }
 
 // bindScratch is transformBind's memory, kept between Binds. [client]

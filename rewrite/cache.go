@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"strconv"
+	"strings"
 	"sync"
 	"unsafe"
 )
@@ -175,7 +176,10 @@ type Scratch struct {
 	key  []byte
 }
 
-// PlanScratch is Plan with caller-owned scratch memory (nil: none).
+// PlanScratch is Plan with caller-owned scratch memory (nil: none). Nothing
+// it returns or caches refers to sql's memory (a miss plans from a copy),
+// so sql may be a view of a buffer the caller reuses once it has rendered
+// the plan.
 func (r *Rewriter) PlanScratch(sql string, sc *Scratch) (*Plan, []Literal, CacheResult, error) {
 	if !r.rules.Mentions(sql) {
 		return passthroughPlan, nil, CacheSkip, nil
@@ -208,6 +212,7 @@ func (r *Rewriter) PlanScratch(sql string, sc *Scratch) (*Plan, []Literal, Cache
 		}
 	}
 	key, ckey := string(kb[:normLen]), string(kb)
+	sql = strings.Clone(sql)
 	p, exact, err := r.rules.analyze(sql, key, lits)
 	if err != nil {
 		return nil, nil, CacheMiss, err

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // This file holds the hand-written SQL lexer shared by Normalize, the
@@ -522,6 +523,30 @@ func decodeNumber(s string) ([]byte, error) {
 		}
 	}
 	return []byte(clean), nil
+}
+
+// emptyValue is the value of ”: empty, not nil (nil stands for NULL).
+var emptyValue = []byte{}
+
+// view returns the value of a plain single-quoted constant with no quote
+// inside ('abc'), the common case, as a read-only view of sql instead of a
+// decoded copy; ok is false for every other form (use Value).
+func (l Literal) view(sql string) ([]byte, bool) {
+	if l.Start < 0 || l.End > len(sql) || l.End-l.Start < 2 {
+		return nil, false
+	}
+	s := sql[l.Start:l.End]
+	if s[0] != '\'' || s[len(s)-1] != '\'' {
+		return nil, false
+	}
+	inner := s[1 : len(s)-1]
+	if strings.IndexByte(inner, '\'') >= 0 {
+		return nil, false
+	}
+	if inner == "" {
+		return emptyValue[:0:0], true
+	}
+	return unsafe.Slice(unsafe.StringData(inner), len(inner)), true
 }
 
 // decodeSegments decodes one or more quoted segments ('a'\n'b').

@@ -230,7 +230,8 @@ func TestLiteralValueErrors(t *testing.T) {
 
 func FuzzNormalize(f *testing.F) {
 	for _, s := range []string{`SELECT 'a''b', E'\x41', $$x$$, 1.5, $1`, `U&'\0041' UESCAPE '!'`, `/* /* */ 'x' */ 'y'`,
-		`SELECT "a""b", 'c'` + "\n'd'", `$a$ $b$ $a$`, `E'\`, `0x`, `1e`, `'`, `$`, `interval '1'`} {
+		`SELECT "a""b", 'c'` + "\n'd'", `$a$ $b$ $a$`, `E'\`, `0x`, `1e`, `'`, `$`, `interval '1'`,
+		`SELECT '', 'a\b', e'x', n'y', 'u4242@example.com'`} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, sql string) {
@@ -241,7 +242,12 @@ func FuzzNormalize(f *testing.F) {
 				t.Fatalf("bad span %+v (prev end %d) in %q", l, prev, sql)
 			}
 			prev = l.End
-			l.Value(sql)
+			v, err := l.Value(sql)
+			// Render's zero-copy view must agree with the decoder
+			// wherever it applies.
+			if view, ok := l.view(sql); ok && (err != nil || !bytes.Equal(view, v) || view == nil) {
+				t.Fatalf("view %q of %q, Value %q (%v)", view, sql[l.Start:l.End], v, err)
+			}
 		}
 		if len(lits) == 0 && key != sql {
 			t.Fatalf("key changed without literals")

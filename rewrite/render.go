@@ -13,7 +13,8 @@ import (
 // constant (” doubled; E” with backslashes doubled if the result has
 // any, so the text means the same whatever standard_conforming_strings
 // says). Render appends to dst and returns it. It does not call transform
-// for OpNone slots; a transform error is returned as is.
+// for OpNone slots; a transform error is returned as is. transform must
+// not modify the value it is given: it may be a view of sql.
 func (p *Plan) Render(dst []byte, sql string, lits []Literal, transform func(a Action, value []byte) ([]byte, error)) ([]byte, error) {
 	prev := 0
 	for _, s := range p.Slots {
@@ -30,9 +31,12 @@ func (p *Plan) Render(dst []byte, sql string, lits []Literal, transform func(a A
 			dst = append(dst, sql[lit.Start:lit.End]...)
 			continue
 		}
-		v, err := lit.Value(sql)
-		if err != nil {
-			return dst, fmt.Errorf("pgveil: malformed constant for %s: %w", s.Action.Column, err)
+		v, ok := lit.view(sql)
+		if !ok {
+			var err error
+			if v, err = lit.Value(sql); err != nil {
+				return dst, fmt.Errorf("pgveil: malformed constant for %s: %w", s.Action.Column, err)
+			}
 		}
 		out, err := transform(s.Action, v)
 		if err != nil {
