@@ -282,6 +282,7 @@ func (srv *Server) Serve(ln net.Listener) error {
 }
 
 func (srv *Server) untrack(s *Session) {
+	s.timings.publish(srv)
 	srv.mu.Lock()
 	delete(srv.sessions, s)
 	if s.cancel != (cancelKey{}) {

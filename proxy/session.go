@@ -106,8 +106,9 @@ type Session struct {
 	evented bool // [client]
 	// connMu guards client and upstream while startup replaces them, for
 	// kill called from other goroutines.
-	connMu sync.Mutex
-	stats  sessionStats
+	connMu  sync.Mutex
+	stats   sessionStats
+	timings timings
 }
 
 type sessionStats struct {
@@ -1208,10 +1209,7 @@ func (s *Session) observeStatement(e expect) {
 	if ov > d {
 		ov = d
 	}
-	m := s.srv.Metrics
-	m.ObserveStatement(d)
-	m.ObserveOverhead(ov)
-	m.ObserveUpstreamWait(d - ov)
+	s.timings.statement(s.srv, d, ov)
 }
 
 // forwardRaised forwards the error PostgreSQL raised for pgveil's refusal

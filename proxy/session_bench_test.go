@@ -244,3 +244,45 @@ func BenchmarkSessionEncryptedInsertSimple(b *testing.B) {
 		s.benchRoundTrip(b, client, server)
 	}
 }
+
+// thrash evicts the caches the way the processes sharing a small machine's
+// cores do between two events of a session.
+var thrashBuf = make([]byte, 4<<20)
+
+func thrash() {
+	for i := 0; i < len(thrashBuf); i += 64 {
+		thrashBuf[i]++
+	}
+}
+
+// BenchmarkSessionColdInsertSimple is BenchmarkSessionEncryptedInsertSimple
+// with the data caches evicted before each statement.
+func BenchmarkSessionColdInsertSimple(b *testing.B) {
+	s, _ := benchSession(b)
+	client := encodeAll(b, &pgproto3.Query{String: "INSERT INTO users (email, full_name, phone) VALUES ('b123456789@example.com', 'Bench User 123456789', '+1-555-123456789');"})
+	server := encodeAll(b, &pgproto3.CommandComplete{CommandTag: []byte("INSERT 0 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		thrash()
+		b.StartTimer()
+		s.benchRoundTrip(b, client, server)
+	}
+}
+
+func BenchmarkSessionColdPgbenchExtended(b *testing.B) {
+	s, _ := benchSession(b)
+	client := encodeAll(b, &pgproto3.Parse{Query: benchSelect},
+		&pgproto3.Bind{Parameters: [][]byte{[]byte("81237")}}, &pgproto3.Describe{ObjectType: 'P'},
+		&pgproto3.Execute{}, &pgproto3.Sync{})
+	server := encodeAll(b, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, benchAccountsRow,
+		&pgproto3.DataRow{Values: [][]byte{[]byte("0")}}, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		thrash()
+		b.StartTimer()
+		s.benchRoundTrip(b, client, server)
+	}
+}

@@ -92,7 +92,7 @@ func runServe(ctx context.Context, e *env, args []string) int {
 			return exitUsage
 		}
 		admin = &http.Server{
-			Handler:           proxy.AdminHandler(reg, func() error { return srv.Ready(ctx) }),
+			Handler:           proxy.AdminHandler(srv.Gatherer(reg), func() error { return srv.Ready(ctx) }),
 			ReadHeaderTimeout: 10 * time.Second,
 		}
 		go func() { _ = admin.Serve(aln) }()

@@ -1,0 +1,107 @@
+package proxy
+
+import (
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// timingBatch is how many observations a session keeps before it
+// publishes them.
+const timingBatch = 32
+
+// timings batches a session's observations for the duration histograms
+// (pgveil_statement_duration_seconds, pgveil_proxy_overhead_seconds,
+// pgveil_upstream_wait_seconds, encryption_duration_seconds) and the
+// encryption counters that go with them. Published one at a time, they
+// cost a statement more than the rest of its bookkeeping: the histograms'
+// memory is shared by every session and cold by the time a session's next
+// statement comes. A batch touches it once. Scrapes publish every session's
+// batch first (Server.Gatherer), so /metrics is always whole.
+type timings struct {
+	mu   sync.Mutex
+	stmt []stmtTiming
+	enc  []cryptoTiming
+	dec  []cryptoTiming
+}
+
+type stmtTiming struct{ total, overhead time.Duration }
+
+type cryptoTiming struct {
+	n, failed int
+	d         time.Duration
+}
+
+func (t *timings) statement(srv *Server, total, overhead time.Duration) {
+	t.mu.Lock()
+	t.stmt = append(t.stmt, stmtTiming{total, overhead})
+	if len(t.stmt) >= timingBatch {
+		t.publishLocked(srv)
+	}
+	t.mu.Unlock()
+}
+
+func (t *timings) encrypted(srv *Server, n, failed int, d time.Duration) {
+	t.mu.Lock()
+	t.enc = append(t.enc, cryptoTiming{n, failed, d})
+	if len(t.enc) >= timingBatch {
+		t.publishLocked(srv)
+	}
+	t.mu.Unlock()
+}
+
+func (t *timings) decrypted(srv *Server, n, failed int, d time.Duration) {
+	t.mu.Lock()
+	t.dec = append(t.dec, cryptoTiming{n, failed, d})
+	if len(t.dec) >= timingBatch {
+		t.publishLocked(srv)
+	}
+	t.mu.Unlock()
+}
+
+// publish hands everything batched to the metrics.
+func (t *timings) publish(srv *Server) {
+	t.mu.Lock()
+	t.publishLocked(srv)
+	t.mu.Unlock()
+}
+
+func (t *timings) publishLocked(srv *Server) {
+	m, km := srv.Metrics, srv.KeyMetrics
+	for _, x := range t.stmt {
+		m.ObserveStatement(x.total)
+		m.ObserveOverhead(x.overhead)
+		m.ObserveUpstreamWait(x.total - x.overhead)
+	}
+	for _, x := range t.enc {
+		km.ObserveEncrypt(x.n, x.failed, x.d)
+	}
+	for _, x := range t.dec {
+		km.ObserveDecrypt(x.n, x.failed, x.d)
+	}
+	t.stmt, t.enc, t.dec = t.stmt[:0], t.enc[:0], t.dec[:0]
+}
+
+// PublishTimings publishes what every session has batched (see timings).
+func (srv *Server) PublishTimings() {
+	srv.mu.Lock()
+	sessions := make([]*Session, 0, len(srv.sessions))
+	for s := range srv.sessions {
+		sessions = append(sessions, s)
+	}
+	srv.mu.Unlock()
+	for _, s := range sessions {
+		s.timings.publish(srv)
+	}
+}
+
+// Gatherer returns g with every session's batched timings published before
+// each gathering: what AdminHandler should serve.
+func (srv *Server) Gatherer(g prometheus.Gatherer) prometheus.Gatherer {
+	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+		srv.PublishTimings()
+		return g.Gather()
+	})
+}
