@@ -42,7 +42,56 @@ func mono(t time.Time) time.Duration { return t.Sub(monoEpoch) }
 // (drainIfIdle takes cwMu to write its FATAL). On the event loop both sides
 // run on one goroutine, one readiness event at a time (evState.mu).
 type Session struct {
-	srv *Server
+	// The fields every statement uses come first, so they share a few
+	// cache lines: between two events of a session the processes sharing
+	// the machine's cores evict most of its memory from the caches, and
+	// each line it touches again costs a miss.
+	srv      *Server
+	cr       frameSource   // [client]
+	uw       *bufio.Writer // [client]
+	ur       frameSource   // [server]
+	cw       *bufio.Writer // [server], under cwMu
+	cwMu     sync.Mutex
+	closing  atomic.Bool
+	txStatus atomic.Uint32 // last ReadyForQuery status: 'I', 'T', 'E'
+	// evented is set before the event loop first runs the session's
+	// handlers: from then on its two sides never run at the same time.
+	evented     bool             // [client]
+	needCatalog bool             // [client] reload the catalog before the next statement
+	ddlPending  bool             // [client] the statement being sent changes the schema
+	inBatch     bool             // [client] extended-protocol messages sent since the last Sync
+	failedBatch bool             // [client] pgveil refused a message; the server skips to Sync
+	snap        *Snapshot        // [client] snapshot in force for the current statement
+	copyIn      *copyInState     // [client] rewriting a COPY FROM STDIN
+	stmts       named[statement] // [client] prepared statements by name ("" = unnamed)
+	portals     named[portal]    // [client]
+	// lastParse remembers the last Parse that touched no configured table.
+	lastParse *parseMemo              // [client]
+	cat       atomic.Pointer[catalog] // written by startup and serverLoop, read by both
+	encBuf    []byte                  // [client] scratch for re-encoded messages
+	// overhead accumulates the nanoseconds both loops spent working (from
+	// the end of a blocking read to the flush before the next one) since
+	// the last ReadyForQuery; serverLoop turns it into the per-statement
+	// metrics.
+	overhead atomic.Int64
+	stats    sessionStats
+
+	q        expectQueue
+	srvState serverState // [server]
+	timings  timings
+
+	valBuf      []byte          // [client] scratch for one transformed value
+	planScratch rewrite.Scratch // [client] the literals of the statement being handled
+	bindScratch bindScratch     // [client]
+	bindMsg     bindMsg         // [client]
+	encStats    encStats        // [client]
+	// xform is transformer's function for xformSnap, made once per
+	// snapshot rather than once per statement.
+	xform        func(rewrite.Action, []byte) ([]byte, error) // [client]
+	xformSnap    *Snapshot                                    // [client]
+	lastParseBuf []byte                                       // [client]
+	catMissAt    time.Time                                    // [client] last reload for a configured table missing from the catalog
+
 	id  uint64
 	log *slog.Logger
 
@@ -54,61 +103,14 @@ type Session struct {
 	database     string
 	cancel       cancelKey // guarded by srv.mu
 
-	cr   frameSource   // [client]
-	uw   *bufio.Writer // [client]
-	ur   frameSource   // [server]
-	cw   *bufio.Writer // [server], under cwMu
-	cwMu sync.Mutex
-
-	q        expectQueue
-	cat      atomic.Pointer[catalog] // written by startup and serverLoop, read by both
-	txStatus atomic.Uint32           // last ReadyForQuery status: 'I', 'T', 'E'
-
-	snap        *Snapshot        // [client] snapshot in force for the current statement
-	stmts       named[statement] // [client] prepared statements by name ("" = unnamed)
-	portals     named[portal]    // [client]
-	copyIn      *copyInState     // [client] rewriting a COPY FROM STDIN
-	needCatalog bool             // [client] reload the catalog before the next statement
-	ddlPending  bool             // [client] the statement being sent changes the schema
-	inBatch     bool             // [client] extended-protocol messages sent since the last Sync
-	catMissAt   time.Time        // [client] last reload for a configured table missing from the catalog
-	failedBatch bool             // [client] pgveil refused a message; the server skips to Sync
-	encBuf      []byte           // [client] scratch for re-encoded messages
-	valBuf      []byte           // [client] scratch for one transformed value
-	planScratch rewrite.Scratch  // [client] the literals of the statement being handled
-	bindScratch bindScratch      // [client]
-	bindMsg     bindMsg          // [client]
-	encStats    encStats         // [client]
-	// xform is transformer's function for xformSnap, made once per
-	// snapshot rather than once per statement.
-	xform     func(rewrite.Action, []byte) ([]byte, error) // [client]
-	xformSnap *Snapshot                                    // [client]
-	// lastParse remembers the last Parse that touched no configured table.
-	lastParse    *parseMemo // [client]
-	lastParseBuf []byte     // [client]
-
-	srvState serverState // [server]
-
-	// overhead accumulates the nanoseconds both loops spent working (from
-	// the end of a blocking read to the flush before the next one) since
-	// the last ReadyForQuery; serverLoop turns it into the per-statement
-	// metrics.
-	overhead atomic.Int64
-
 	closeOnce sync.Once
-	closing   atomic.Bool
 	// started is set once startup finished and the loops run.
 	started atomic.Bool
 	// ev is the session's event-loop state when the event loop carries it.
 	ev atomic.Pointer[evState]
-	// evented is set before the event loop first runs the session's
-	// handlers: from then on its two sides never run at the same time.
-	evented bool // [client]
 	// connMu guards client and upstream while startup replaces them, for
 	// kill called from other goroutines.
-	connMu  sync.Mutex
-	stats   sessionStats
-	timings timings
+	connMu sync.Mutex
 }
 
 type sessionStats struct {
@@ -916,30 +918,31 @@ func (s *Session) injectCatalogQuery() {
 
 // serverState is serverLoop's own state.
 type serverState struct {
-	qrows      *rowInfo // rows of the current simple-query result set
-	execRows   *rowInfo // rows of the current Execute
+	// Fields every statement uses first (see Session).
+	qrows    *rowInfo // rows of the current simple-query result set
+	execRows *rowInfo // rows of the current Execute
+	copyOut  *copyOutState
+	// arrived is when the event loop found the frames being handled in
+	// memory (a monoNow reading; zero on the goroutine engine): a
+	// ReadyForQuery's arrival ends its statement's duration without
+	// another clock reading.
+	arrived    time.Duration
 	execActive bool
-	copyOut    *copyOutState
 	// discarding: pgveil answered the client with its own error (a value no
 	// key decrypts) and drops the server's replies up to ReadyForQuery.
 	discarding  bool
-	catRows     [][][]byte // rows of pgveil's catalog query
-	catFailed   bool
+	rowMemoNext int
+	rowMemo     [4]rowInfoMemo
 	out         []byte // scratch for rewritten messages
 	decrypted   []int  // per key index, flushed to metrics at statement end
 	decErrors   int
 	decTime     time.Duration
 	decRows     int // DataRows decrypted, for sampling their timing
-	rowMemo     [4]rowInfoMemo
-	rowMemoNext int
 	// decCounters are the decryption counters of decCountersSnap's keys.
 	decCounters     []prometheus.Counter
 	decCountersSnap *Snapshot
-	// arrived is when the event loop found the frames being handled in
-	// memory (a monoNow reading; zero on the goroutine engine): a
-	// ReadyForQuery's arrival ends its statement's duration without
-	// another clock reading.
-	arrived time.Duration
+	catRows         [][][]byte // rows of pgveil's catalog query
+	catFailed       bool
 }
 
 func (s *Session) serverLoop() {
