@@ -84,8 +84,10 @@ type evState struct {
 	cfd, ufd int
 	mu       sync.Mutex
 	closed   bool
-	cin, uin *memFrames
-	cwr, uwr *fdWriter
+	// Input and output state by value: one allocation, a few cache lines
+	// (see Session's layout).
+	cin, uin memFrames
+	cwr, uwr fdWriter
 	cEvents  uint32 // interest registered for cfd
 	uEvents  uint32
 	done     chan struct{}
@@ -270,8 +272,7 @@ func (s *Session) runEvented(p *poller) (done chan struct{}, ok bool) {
 		return nil, false
 	}
 	limit := s.cr.(*frameReader).limit
-	ev.cin = &memFrames{limit: limit}
-	ev.uin = &memFrames{limit: limit}
+	ev.cin.limit, ev.uin.limit = limit, limit
 	// Bytes read ahead during startup (a client that pipelined its first
 	// queries behind authentication) are the first input.
 	ev.cin.buf = append(ev.cin.buf, s.cr.(*frameReader).bufferedBytes()...)
@@ -287,12 +288,11 @@ func (s *Session) runEvented(p *poller) (done chan struct{}, ok bool) {
 	ctcp.Close()
 	utcp.Close()
 	s.connMu.Unlock()
-	ev.cwr = &fdWriter{fd: ev.cfd}
-	ev.uwr = &fdWriter{fd: ev.ufd}
-	s.cr, s.ur = ev.cin, ev.uin
+	ev.cwr.fd, ev.uwr.fd = ev.cfd, ev.ufd
+	s.cr, s.ur = &ev.cin, &ev.uin
 	s.evented = true
-	s.uw.Reset(ev.uwr)
-	s.cw.Reset(ev.cwr)
+	s.uw.Reset(&ev.uwr)
+	s.cw.Reset(&ev.cwr)
 	s.cwMu.Unlock()
 	s.ev.Store(ev)
 
@@ -392,7 +392,6 @@ func (s *Session) onEventRecover(client bool, events uint32, clock *time.Duratio
 // clock once per event. [loop, under ev.mu]
 func (s *Session) evWork(ev *evState, client bool, events uint32, clock *time.Duration) bool {
 	beganMono := *clock
-	began := monoEpoch.Add(beganMono)
 	var err error
 	if events&syscall.EPOLLOUT != 0 {
 		if client {
@@ -413,7 +412,7 @@ func (s *Session) evWork(ev *evState, client bool, events uint32, clock *time.Du
 	}
 	if err == nil {
 		if client {
-			err = s.evClientFrames(ev, began)
+			err = s.evClientFrames(ev, beganMono)
 		} else {
 			s.srvState.arrived = beganMono
 			err = s.evServerFrames(ev)
@@ -451,7 +450,7 @@ func sideName(client bool) string {
 
 // evClientFrames handles the client's whole frames in memory, then sends
 // what they produced upstream.
-func (s *Session) evClientFrames(ev *evState, began time.Time) error {
+func (s *Session) evClientFrames(ev *evState, began time.Duration) error {
 	for {
 		typ, _, err := ev.cin.next()
 		if err == errWouldBlock {

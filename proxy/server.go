@@ -166,6 +166,7 @@ func NewServer(snap *Snapshot, logger *slog.Logger, m *Metrics, km *keyring.Metr
 	srv := &Server{Logger: logger, Metrics: m, KeyMetrics: km,
 		listeners: map[net.Listener]struct{}{}, sessions: map[*Session]struct{}{}, byCancel: map[cancelKey]*Session{}}
 	srv.Swap(snap)
+	go startFastClock()
 	return srv
 }
 

@@ -20,18 +20,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// monoEpoch is the origin of monotonic clock readings kept as durations:
-// 8 bytes instead of a time.Time's 24 in every entry of the expect queue.
-var monoEpoch = time.Now()
-
-// monoNow reads the monotonic clock only (time.Now reads the wall clock
-// too).
-func monoNow() time.Duration { return time.Since(monoEpoch) }
-
-// mono converts a reading of time.Now to monoNow's scale, without reading
-// the clock.
-func mono(t time.Time) time.Duration { return t.Sub(monoEpoch) }
-
 // Session is one client connection and its one upstream connection.
 //
 // Ownership: fields marked [client] belong to the client side (startup,
@@ -371,21 +359,21 @@ func (s *Session) writeError(err error, fatal bool) {
 // clientLoop: client -> pgveil -> PostgreSQL.
 
 func (s *Session) clientLoop() error {
-	var busySince time.Time
+	var busySince time.Duration // a monoNow reading; 0 while blocked
 	for {
 		if s.cr.buffered() == 0 {
 			// About to block on the client: send what is pending.
 			if err := s.uw.Flush(); err != nil {
 				return err
 			}
-			if !busySince.IsZero() {
-				s.overhead.Add(int64(time.Since(busySince)))
-				busySince = time.Time{}
+			if busySince != 0 {
+				s.overhead.Add(int64(monoNow() - busySince))
+				busySince = 0
 			}
 		}
 		typ, _, err := s.cr.next()
-		if busySince.IsZero() {
-			busySince = time.Now()
+		if busySince == 0 {
+			busySince = monoNow()
 		}
 		if err := s.onClientMessage(typ, err, busySince); err != nil {
 			return err
@@ -396,7 +384,7 @@ func (s *Session) clientLoop() error {
 // onClientMessage handles one client message whose header next() read
 // (nextErr is next's error). Both I/O engines call it. io.EOF means the
 // client sent Terminate.
-func (s *Session) onClientMessage(typ byte, nextErr error, busySince time.Time) error {
+func (s *Session) onClientMessage(typ byte, nextErr error, busySince time.Duration) error {
 	if nextErr != nil {
 		var tooLarge *MessageTooLargeError
 		if errors.As(nextErr, &tooLarge) {
@@ -426,7 +414,7 @@ func (s *Session) onClientMessage(typ byte, nextErr error, busySince time.Time) 
 		err = s.onClose()
 	case 'S':
 		s.failedBatch, s.inBatch = false, false
-		err = s.forwardExpect(expect{kind: expSync, sent: mono(busySince)})
+		err = s.forwardExpect(expect{kind: expSync, sent: busySince})
 	case 'd':
 		if s.copyIn != nil {
 			err = s.onCopyData()
@@ -440,7 +428,7 @@ func (s *Session) onClientMessage(typ byte, nextErr error, busySince time.Time) 
 			err = s.cr.forward(s.uw)
 		}
 	case 'F': // FunctionCall: a result, then ReadyForQuery
-		err = s.forwardExpect(expect{kind: expQuery, sent: mono(busySince)})
+		err = s.forwardExpect(expect{kind: expQuery, sent: busySince})
 	case 'X':
 		if err := s.cr.forward(s.uw); err != nil {
 			return err
@@ -573,7 +561,7 @@ func (s *Session) audit(msg string, err error) {
 		slog.String("logger", "audit.encryption"), slog.String("sqlstate", code), slog.String("error", text))
 }
 
-func (s *Session) onQuery(sent time.Time) error {
+func (s *Session) onQuery(sent time.Duration) error {
 	body, err := s.cr.body()
 	if err != nil {
 		return err
@@ -595,7 +583,7 @@ func (s *Session) onQuery(sent time.Time) error {
 		return s.raiseQuery(plan, plan.Refusal)
 	case rewrite.KindPassthrough:
 		s.countOutcome(plan, nil)
-		return s.sendAsIs(expect{kind: expQuery, plan: plan, sent: mono(sent)}, 'Q', body)
+		return s.sendAsIs(expect{kind: expQuery, plan: plan, sent: sent}, 'Q', body)
 	}
 	// Rendered straight into the frame sent upstream.
 	frame, start := appendFrameHeader(s.encBuf[:0], 'Q')
@@ -611,7 +599,7 @@ func (s *Session) onQuery(sent time.Time) error {
 	frame = append(frame, 0)
 	frame = finishFrame(frame, start)
 	s.encBuf = frame
-	return s.send(expect{kind: expQuery, plan: plan, sent: mono(sent)}, frame)
+	return s.send(expect{kind: expQuery, plan: plan, sent: sent}, frame)
 }
 
 // raiseQuery sends, in place of a refused simple query, one that makes
@@ -947,7 +935,7 @@ type serverState struct {
 
 func (s *Session) serverLoop() {
 	st := &s.srvState
-	var busySince time.Time
+	var busySince time.Duration // a monoNow reading; 0 while blocked
 	for {
 		if s.ur.buffered() == 0 {
 			s.cwMu.Lock()
@@ -956,14 +944,14 @@ func (s *Session) serverLoop() {
 			if err != nil {
 				return
 			}
-			if !busySince.IsZero() {
-				s.overhead.Add(int64(time.Since(busySince)))
-				busySince = time.Time{}
+			if busySince != 0 {
+				s.overhead.Add(int64(monoNow() - busySince))
+				busySince = 0
 			}
 		}
 		typ, _, err := s.ur.next()
-		if busySince.IsZero() {
-			busySince = time.Now()
+		if busySince == 0 {
+			busySince = monoNow()
 		}
 		if err != nil {
 			if !isClosedErr(err) && !s.closing.Load() {

@@ -1,0 +1,6 @@
+package proxy
+
+// cputicks reads the processor's time-stamp counter.
+func cputicks() uint64
+
+const haveCputicks = true
