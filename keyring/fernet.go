@@ -40,8 +40,15 @@ func TokenLen(n int) int {
 
 var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 
-func getScratch(n int) *[]byte {
-	p := scratchPool.Get().(*[]byte)
+// getScratch returns a buffer of n bytes: sc's own, or one from the pool
+// when sc is nil. Give it back with putScratch.
+func getScratch(sc *Scratch, n int) *[]byte {
+	var p *[]byte
+	if sc != nil {
+		p = &sc.buf
+	} else {
+		p = scratchPool.Get().(*[]byte)
+	}
 	if cap(*p) < n {
 		*p = make([]byte, n)
 	}
@@ -60,10 +67,18 @@ type ivBatch struct {
 
 var ivPool = sync.Pool{New: func() any { return &ivBatch{off: len(ivBatch{}.buf)} }}
 
-// randomIV fills iv with random bytes.
-func randomIV(iv []byte) error {
-	b := ivPool.Get().(*ivBatch)
-	defer ivPool.Put(b)
+// randomIV fills iv with random bytes, from sc's batch or a pooled one.
+func randomIV(sc *Scratch, iv []byte) error {
+	var b *ivBatch
+	if sc != nil {
+		if sc.ivs == nil {
+			sc.ivs = &ivBatch{off: len(ivBatch{}.buf)}
+		}
+		b = sc.ivs
+	} else {
+		b = ivPool.Get().(*ivBatch)
+		defer ivPool.Put(b)
+	}
 	if b.off+len(iv) > len(b.buf) {
 		if _, err := rand.Read(b.buf[:]); err != nil {
 			b.off = len(b.buf)
@@ -76,7 +91,13 @@ func randomIV(iv []byte) error {
 	return nil
 }
 
-func putScratch(p *[]byte) {
+func putScratch(sc *Scratch, p *[]byte) {
+	if sc != nil {
+		if cap(*p) > maxPooledScratch {
+			*p = nil
+		}
+		return
+	}
 	if cap(*p) <= maxPooledScratch {
 		scratchPool.Put(p)
 	}
@@ -108,17 +129,17 @@ func IsToken(b []byte) bool {
 
 // sealAt appends a token for plain under key to dst, with the given
 // timestamp and IV (nil IV: random).
-func sealAt(dst []byte, key *keyMaterial, plain []byte, now int64, iv []byte) ([]byte, error) {
+func sealAt(dst []byte, key *keyMaterial, plain []byte, now int64, iv []byte, sc *Scratch) ([]byte, error) {
 	ctLen := (len(plain)/blockSize + 1) * blockSize
 	rawLen := overhead + ctLen
-	sp := getScratch(rawLen)
-	defer putScratch(sp)
+	sp := getScratch(sc, rawLen)
+	defer putScratch(sc, sp)
 	raw := *sp
 
 	raw[0] = fernetVersion
 	binary.BigEndian.PutUint64(raw[1:9], uint64(now))
 	if iv == nil {
-		if err := randomIV(raw[9:headerLen]); err != nil {
+		if err := randomIV(sc, raw[9:headerLen]); err != nil {
 			return dst, err
 		}
 	} else {
@@ -139,36 +160,36 @@ func sealAt(dst []byte, key *keyMaterial, plain []byte, now int64, iv []byte) ([
 		key.block.Encrypt(blk, blk)
 		prev = blk
 	}
-	key.mac.sum(raw[headerLen+ctLen:], raw[:headerLen+ctLen], nil)
+	key.mac.sumWith(sc, raw[headerLen+ctLen:], raw[:headerLen+ctLen], nil)
 	return b64.AppendEncode(dst, raw), nil
 }
 
 // decodeToken decodes token into a pooled scratch buffer and checks its
 // structure. The caller must putScratch the buffer when ok.
-func decodeToken(token []byte) (sp *[]byte, raw []byte, err error) {
+func decodeToken(token []byte, sc *Scratch) (sp *[]byte, raw []byte, err error) {
 	// Shape only: the base64 decode below checks the alphabet itself, so
 	// the hot path does not scan the token twice.
 	if n := len(token); n < minTokenLen || n%4 != 0 || string(token[:len(tokenPrefix)]) != tokenPrefix {
 		return nil, nil, ErrNotToken
 	}
-	sp = getScratch(b64.DecodedLen(len(token)))
+	sp = getScratch(sc, b64.DecodedLen(len(token)))
 	raw, derr := b64.AppendDecode((*sp)[:0], token)
 	if derr != nil || len(raw) < 1 || raw[0] != fernetVersion {
-		putScratch(sp)
+		putScratch(sc, sp)
 		return nil, nil, ErrNotToken
 	}
 	if len(raw) < minRawLen || (len(raw)-overhead)%blockSize != 0 {
-		putScratch(sp)
+		putScratch(sc, sp)
 		return nil, nil, ErrUndecryptable
 	}
 	return sp, raw, nil
 }
 
 // verifyMAC reports whether raw's HMAC is valid under key (constant time).
-func verifyMAC(key *keyMaterial, raw []byte) bool {
+func verifyMAC(key *keyMaterial, raw []byte, sc *Scratch) bool {
 	var sum [macLen]byte
 	body := raw[:len(raw)-macLen]
-	key.mac.sum(sum[:], body, nil)
+	key.mac.sumWith(sc, sum[:], body, nil)
 	return hmac.Equal(sum[:], raw[len(raw)-macLen:])
 }
 
@@ -206,18 +227,18 @@ func decryptRaw(dst []byte, key *keyMaterial, raw []byte) ([]byte, bool) {
 // token older than ttl or more than 60 s in the future is refused. ttl <= 0
 // disables the age check (as the spec vectors with ttl_sec 0 expect).
 func openAt(dst []byte, key *keyMaterial, token []byte, now time.Time, ttl time.Duration) ([]byte, error) {
-	sp, raw, err := decodeToken(token)
+	sp, raw, err := decodeToken(token, nil)
 	if err != nil {
 		return dst, err
 	}
-	defer putScratch(sp)
+	defer putScratch(nil, sp)
 	ts := int64(binary.BigEndian.Uint64(raw[1:9]))
 	if ttl > 0 {
 		if now.Unix() > ts+int64(ttl/time.Second) || ts > now.Unix()+maxClockSkew {
 			return dst, ErrUndecryptable
 		}
 	}
-	if !verifyMAC(key, raw) {
+	if !verifyMAC(key, raw, nil) {
 		return dst, ErrUndecryptable
 	}
 	out, ok := decryptRaw(dst, key, raw)

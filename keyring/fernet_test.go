@@ -61,7 +61,7 @@ func TestSpecGenerate(t *testing.T) {
 	t.Parallel()
 	for _, v := range loadVectors(t, "generate.json") {
 		k := mustKey(t, v.Secret)
-		got, err := sealAt([]byte("prefix:"), k.m, []byte(v.Src), v.Now.Unix(), v.IV)
+		got, err := sealAt([]byte("prefix:"), k.m, []byte(v.Src), v.Now.Unix(), v.IV, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -469,4 +469,35 @@ func FuzzOpen(f *testing.F) {
 			t.Fatalf("opened %q: idx %d", in, idx)
 		}
 	})
+}
+
+// The scratch variants give the same results as the pooled ones, across
+// reloads (new keys in the same scratch) and key rotation.
+func TestScratchVariants(t *testing.T) {
+	t.Parallel()
+	var sc Scratch
+	for round := 0; round < 12; round++ { // more keys than the scratch's HMAC slots
+		kr, _ := testKeyring(t, 1)
+		for _, v := range []string{"", "u4242@example.com", strings.Repeat("long value ", 200)} {
+			tok, err := kr.SealScratch(nil, []byte(v), 1700000000, &sc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			plain, idx, err := kr.Open(nil, tok)
+			if err != nil || string(plain) != v || idx != 0 {
+				t.Fatalf("round %d: sealed with scratch, opened %q %d %v", round, plain, idx, err)
+			}
+			tok2, _ := kr.Seal(nil, []byte(v))
+			plain, idx, err = kr.OpenScratch(nil, tok2, &sc)
+			if err != nil || string(plain) != v || idx != 0 {
+				t.Fatalf("round %d: opened with scratch %q %d %v", round, plain, idx, err)
+			}
+			if a, b := kr.BlindIndexScratch(nil, "public.users.email", []byte(v), &sc), kr.BlindIndex(nil, "public.users.email", []byte(v)); !bytes.Equal(a, b) {
+				t.Fatalf("round %d: blind index %s with scratch, %s without", round, a, b)
+			}
+		}
+		if _, _, err := kr.OpenScratch(nil, []byte("gAAAAAnot a token at all......"), &sc); err == nil {
+			t.Fatal("opened garbage")
+		}
+	}
 }

@@ -167,12 +167,56 @@ func (p *macPool) init(key []byte) {
 
 // sum writes HMAC-SHA256(key, a || b) into out (32 bytes).
 func (p *macPool) sum(out []byte, a, b []byte) {
-	s := p.pool.Get().(*macState)
+	p.sumWith(nil, out, a, b)
+}
+
+// sumWith is sum with sc's state for this key (nil: a pooled one).
+func (p *macPool) sumWith(sc *Scratch, out []byte, a, b []byte) {
+	var s *macState
+	if sc != nil {
+		s = sc.mac(p)
+	} else {
+		s = p.pool.Get().(*macState)
+		defer p.pool.Put(s)
+	}
 	s.h.Reset()
 	s.h.Write(a)
 	if len(b) > 0 {
 		s.h.Write(b)
 	}
 	copy(out, s.h.Sum(s.sum[:0]))
-	p.pool.Put(s)
+}
+
+// Scratch is memory one goroutine reuses across the Keyring calls that take
+// it: a token buffer, a batch of IVs and the HMAC states of the keys it
+// used last. Those calls then touch the caller's memory rather than
+// process-wide pools, which on a small machine shared with the database
+// and the application are cold by the time a session's next statement
+// comes. The zero value is ready to use; a nil *Scratch means the pools.
+// It holds no key material beyond the HMAC states' padded keys, like the
+// pools it stands in for.
+type Scratch struct {
+	buf  []byte
+	ivs  *ivBatch
+	macs [8]macSlot
+	next int
+}
+
+type macSlot struct {
+	pool  *macPool
+	state *macState
+}
+
+// mac returns sc's HMAC state for p's key, made on first use (the oldest
+// slot is reused when all are taken: after a reload, say).
+func (sc *Scratch) mac(p *macPool) *macState {
+	for i := range sc.macs {
+		if sc.macs[i].pool == p {
+			return sc.macs[i].state
+		}
+	}
+	st := &macState{h: hmac.New(sha256.New, p.key)}
+	sc.macs[sc.next] = macSlot{pool: p, state: st}
+	sc.next = (sc.next + 1) % len(sc.macs)
+	return st
 }

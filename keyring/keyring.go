@@ -98,9 +98,9 @@ func (h *hashKey) column(domain string) *macPool {
 	return p
 }
 
-func (h *hashKey) appendIndex(dst []byte, domain string, plain []byte) []byte {
+func (h *hashKey) appendIndex(dst []byte, domain string, plain []byte, sc *Scratch) []byte {
 	var sum [sha256.Size]byte
-	h.column(domain).sum(sum[:], plain, nil)
+	h.column(domain).sumWith(sc, sum[:], plain, nil)
 	return hex.AppendEncode(dst, sum[:])
 }
 
@@ -109,13 +109,18 @@ func (h *hashKey) appendIndex(dst []byte, domain string, plain []byte) []byte {
 // padding and starts with "gAAAAA". Size and input checks are the caller's
 // (CheckPlain); Seal fails only if the system's random source does.
 func (k *Keyring) Seal(dst, plain []byte) ([]byte, error) {
-	return sealAt(dst, k.keys[0].m, plain, nowUnix(), nil)
+	return sealAt(dst, k.keys[0].m, plain, nowUnix(), nil, nil)
 }
 
 // SealAt is Seal with the token's timestamp (Unix seconds) given: a caller
 // sealing several values of one message reads the clock once for all.
 func (k *Keyring) SealAt(dst, plain []byte, unix int64) ([]byte, error) {
-	return sealAt(dst, k.keys[0].m, plain, unix, nil)
+	return sealAt(dst, k.keys[0].m, plain, unix, nil, nil)
+}
+
+// SealScratch is SealAt with the caller's scratch memory (see Scratch).
+func (k *Keyring) SealScratch(dst, plain []byte, unix int64, sc *Scratch) ([]byte, error) {
+	return sealAt(dst, k.keys[0].m, plain, unix, nil, sc)
 }
 
 // Open appends the plaintext of token to dst. It tries the primary key,
@@ -127,16 +132,21 @@ func (k *Keyring) SealAt(dst, plain []byte, unix int64) ([]byte, error) {
 // do not modify them (use WithColumn). Open never panics; on error dst is
 // returned unchanged.
 func (k *Keyring) Open(dst, token []byte) (plain []byte, keyIndex int, err error) {
-	sp, raw, derr := decodeToken(token)
+	return k.OpenScratch(dst, token, nil)
+}
+
+// OpenScratch is Open with the caller's scratch memory (see Scratch).
+func (k *Keyring) OpenScratch(dst, token []byte, sc *Scratch) (plain []byte, keyIndex int, err error) {
+	sp, raw, derr := decodeToken(token, sc)
 	if derr != nil {
 		if derr == ErrNotToken {
 			return dst, -1, k.errNotToken
 		}
 		return dst, -1, k.errUndecryptable
 	}
-	defer putScratch(sp)
+	defer putScratch(sc, sp)
 	for i, key := range k.keys {
-		if !verifyMAC(key.m, raw) {
+		if !verifyMAC(key.m, raw, sc) {
 			continue
 		}
 		if out, ok := decryptRaw(dst, key.m, raw); ok {
@@ -151,7 +161,13 @@ func (k *Keyring) Open(dst, token []byte) (plain []byte, keyIndex int, err error
 // HMAC-SHA256(HMAC-SHA256(K, "pgveil blind index v1 " + domain), plain),
 // with K the current hash key.
 func (k *Keyring) BlindIndex(dst []byte, domain string, plain []byte) []byte {
-	return k.hash.appendIndex(dst, domain, plain)
+	return k.hash.appendIndex(dst, domain, plain, nil)
+}
+
+// BlindIndexScratch is BlindIndex with the caller's scratch memory (see
+// Scratch).
+func (k *Keyring) BlindIndexScratch(dst []byte, domain string, plain []byte, sc *Scratch) []byte {
+	return k.hash.appendIndex(dst, domain, plain, sc)
 }
 
 // BlindIndexAll returns the blind index of plain under the current hash key
@@ -160,10 +176,10 @@ func (k *Keyring) BlindIndex(dst []byte, domain string, plain []byte) []byte {
 func (k *Keyring) BlindIndexAll(domain string, plain []byte) [][]byte {
 	out := make([][]byte, 0, 1+len(k.hashFallbacks))
 	buf := make([]byte, 0, BlindIndexLen*(1+len(k.hashFallbacks)))
-	buf = k.hash.appendIndex(buf, domain, plain)
+	buf = k.hash.appendIndex(buf, domain, plain, nil)
 	out = append(out, buf[:BlindIndexLen:BlindIndexLen])
 	for i, h := range k.hashFallbacks {
-		buf = h.appendIndex(buf, domain, plain)
+		buf = h.appendIndex(buf, domain, plain, nil)
 		lo := (i + 1) * BlindIndexLen
 		out = append(out, buf[lo:lo+BlindIndexLen:lo+BlindIndexLen])
 	}
@@ -173,7 +189,7 @@ func (k *Keyring) BlindIndexAll(domain string, plain []byte) [][]byte {
 // BlindIndexFallback appends the blind index of plain under fallback hash
 // key i (0-based), for tools that check which hash key an index was built with.
 func (k *Keyring) BlindIndexFallback(dst []byte, i int, domain string, plain []byte) []byte {
-	return k.hashFallbacks[i].appendIndex(dst, domain, plain)
+	return k.hashFallbacks[i].appendIndex(dst, domain, plain, nil)
 }
 
 // Version is the key version (keys.key_version, ENCRYPTION_KEY_VERSION).

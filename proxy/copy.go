@@ -511,7 +511,7 @@ func (c *copyOutState) onData(s *Session) error {
 		} else {
 			v = unescapeText(f)
 		}
-		plain, _, err := kr.Open(nil, v)
+		plain, _, err := kr.OpenScratch(nil, v, &s.srvState.crypto)
 		if err != nil {
 			if migrating && errors.Is(err, keyring.ErrNotToken) {
 				out = append(out, f...)

@@ -16,6 +16,7 @@ import (
 	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgveil/pgveil/keyring"
 	"github.com/pgveil/pgveil/rewrite"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -73,6 +74,7 @@ type Session struct {
 	bindScratch bindScratch     // [client]
 	bindMsg     bindMsg         // [client]
 	encStats    encStats        // [client]
+	crypto      keyring.Scratch // [client] for tokens and blind indexes
 	// xform is transformer's function for xformSnap, made once per
 	// snapshot rather than once per statement.
 	xform        func(rewrite.Action, []byte) ([]byte, error) // [client]
@@ -929,6 +931,7 @@ type serverState struct {
 	// decCounters are the decryption counters of decCountersSnap's keys.
 	decCounters     []prometheus.Counter
 	decCountersSnap *Snapshot
+	crypto          keyring.Scratch // for opening tokens
 	catRows         [][][]byte // rows of pgveil's catalog query
 	catFailed       bool
 }

@@ -160,7 +160,7 @@ func (s *Session) decryptRow(st *serverState, ri *rowInfo) error {
 		lenAt := len(out)
 		out = append(out, 0, 0, 0, 0)
 		var key int
-		out, key, err = kr.Open(out, v)
+		out, key, err = kr.OpenScratch(out, v, &st.crypto)
 		if err != nil {
 			out = out[:lenAt+4]
 			if migrating && errors.Is(err, keyring.ErrNotToken) {
@@ -295,7 +295,7 @@ func (s *Session) apply(snap *Snapshot, a rewrite.Action, v, dst []byte, binaryF
 			es.began = time.Now()
 			es.unix = es.began.Unix()
 		}
-		out, err := kr.SealAt(dst, v, es.unix)
+		out, err := kr.SealScratch(dst, v, es.unix, &s.crypto)
 		if err != nil {
 			es.failed++
 			return nil, err
@@ -305,7 +305,7 @@ func (s *Session) apply(snap *Snapshot, a rewrite.Action, v, dst []byte, binaryF
 		if err := keyring.CheckPlain(v, enc.MaxSize, enc.Sanitize()); err != nil {
 			return nil, columnError(err, a.Column)
 		}
-		return kr.BlindIndex(dst, a.Domain, v), nil
+		return kr.BlindIndexScratch(dst, a.Domain, v, &s.crypto), nil
 	case rewrite.OpHashAll:
 		if err := keyring.CheckPlain(v, enc.MaxSize, enc.Sanitize()); err != nil {
 			return nil, columnError(err, a.Column)
