@@ -932,7 +932,7 @@ type serverState struct {
 	decCounters     []prometheus.Counter
 	decCountersSnap *Snapshot
 	crypto          keyring.Scratch // for opening tokens
-	catRows         [][][]byte // rows of pgveil's catalog query
+	catRows         [][][]byte      // rows of pgveil's catalog query
 	catFailed       bool
 }
 
