@@ -35,7 +35,9 @@ type Session struct {
 	// cache lines: between two events of a session the processes sharing
 	// the machine's cores evict most of its memory from the caches, and
 	// each line it touches again costs a miss.
-	srv      *Server
+	srv *Server
+	// ev is the session's event-loop state when the event loop carries it.
+	ev       atomic.Pointer[evState]
 	cr       frameSource   // [client]
 	uw       *bufio.Writer // [client]
 	ur       frameSource   // [server]
@@ -96,8 +98,6 @@ type Session struct {
 	closeOnce sync.Once
 	// started is set once startup finished and the loops run.
 	started atomic.Bool
-	// ev is the session's event-loop state when the event loop carries it.
-	ev atomic.Pointer[evState]
 	// connMu guards client and upstream while startup replaces them, for
 	// kill called from other goroutines.
 	connMu sync.Mutex
