@@ -81,3 +81,25 @@ func BenchmarkRender(b *testing.B) {
 		buf, _ = p.Render(buf[:0], benchSQL, lits, func(Action, []byte) ([]byte, error) { return tok, nil })
 	}
 }
+
+// BenchmarkPlanMemo: the session's statement repeated with other
+// constants inlined, as simple-protocol clients send it.
+func BenchmarkPlanMemo(b *testing.B) {
+	rw := New(mustRules(b, Options{}), 1024)
+	var sc Scratch
+	sqls := []string{
+		`SELECT email, full_name, phone FROM users WHERE email = 'u4242@example.com'`,
+		`SELECT email, full_name, phone FROM users WHERE email = 'u17@example.com'`,
+	}
+	if _, _, _, err := rw.PlanScratch(sqls[0], &sc); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		if _, _, res, _ := rw.PlanScratch(sqls[i%2], &sc); res != CacheHit {
+			b.Fatal("miss")
+		}
+	}
+}

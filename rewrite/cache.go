@@ -174,6 +174,66 @@ func (r *Rewriter) Plan(sql string) (*Plan, []Literal, CacheResult, error) {
 type Scratch struct {
 	lits []Literal
 	key  []byte
+	// memo is the last statement shape planned with this scratch: the
+	// same text with other constants (an application repeating a query
+	// with new values inlined) reuses its plan without the lexer, the
+	// key or the cache (see planMemo.match).
+	memo planMemo
+}
+
+// planMemo is a statement's text, its constants and its plan.
+type planMemo struct {
+	r     *Rewriter
+	plan  *Plan
+	sql   []byte // a copy
+	lits  []Literal
+	kinds []tokKind
+}
+
+// maxMemoSQL bounds the text a Scratch keeps for its memo.
+const maxMemoSQL = 8 << 10
+
+// remember makes sql, planned by r as p with constants lits, the memo.
+func (m *planMemo) remember(r *Rewriter, p *Plan, sql string, lits []Literal) {
+	if len(sql) > maxMemoSQL {
+		m.plan = nil
+		return
+	}
+	m.r, m.plan = r, p
+	m.sql = append(m.sql[:0], sql...)
+	m.lits = append(m.lits[:0], lits...)
+	m.kinds = m.kinds[:0]
+	for _, l := range lits {
+		lx := lexer{s: sql, pos: l.Start}
+		m.kinds = append(m.kinds, lx.next().kind)
+	}
+}
+
+// match reports whether sql is the memo's text with other constants: the
+// text between the constants is the same byte for byte, and at each
+// constant's place the lexer reads one constant of the same kind. The
+// lexer then reads sql exactly as it read the memo's text (it reads a
+// token from where it starts, whatever came before), so scanConstants
+// would find these constants, the cache key would be the memo's and so
+// would the plan. It appends the constants' spans in sql to out.
+func (m *planMemo) match(sql string, out []Literal) ([]Literal, bool) {
+	msql := m.sql
+	prev, pos := 0, 0
+	for i, ml := range m.lits {
+		seg := msql[prev:ml.Start]
+		if len(sql)-pos < len(seg) || sql[pos:pos+len(seg)] != string(seg) {
+			return out, false
+		}
+		pos += len(seg)
+		lx := lexer{s: sql, pos: pos}
+		t := lx.next()
+		if t.kind != m.kinds[i] || t.end <= t.start {
+			return out, false
+		}
+		out = append(out, Literal{Start: t.start, End: t.end})
+		pos, prev = t.end, ml.End
+	}
+	return out, sql[pos:] == string(msql[prev:])
 }
 
 // PlanScratch is Plan with caller-owned scratch memory (nil: none). Nothing
@@ -181,6 +241,17 @@ type Scratch struct {
 // so sql may be a view of a buffer the caller reuses once it has rendered
 // the plan.
 func (r *Rewriter) PlanScratch(sql string, sc *Scratch) (*Plan, []Literal, CacheResult, error) {
+	if sc != nil && sc.memo.plan != nil && sc.memo.r == r {
+		// The memo's text names a configured table (it was planned), and
+		// a match has the same words: no need to ask Mentions.
+		if lits, ok := sc.memo.match(sql, sc.lits[:0]); ok {
+			sc.lits = lits
+			if len(lits) == 0 {
+				lits = nil
+			}
+			return sc.memo.plan, lits, CacheHit, nil
+		}
+	}
 	if !r.rules.Mentions(sql) {
 		return passthroughPlan, nil, CacheSkip, nil
 	}
@@ -205,6 +276,7 @@ func (r *Rewriter) PlanScratch(sql string, sc *Scratch) (*Plan, []Literal, Cache
 	view := unsafe.String(unsafe.SliceData(kb), len(kb))
 	if p, exact, ok := r.cache.get(view); ok {
 		if !exact {
+			sc.memo.remember(r, p, sql, lits)
 			return p, lits, CacheHit, nil
 		}
 		if p, _, ok := r.cache.get(exactKey(sql)); ok {
@@ -226,6 +298,7 @@ func (r *Rewriter) PlanScratch(sql string, sc *Scratch) (*Plan, []Literal, Cache
 		r.cache.put(exactKey(sql), p, false)
 	} else {
 		r.cache.put(ckey, p, false)
+		sc.memo.remember(r, p, sql, lits)
 	}
 	return p, lits, CacheMiss, nil
 }

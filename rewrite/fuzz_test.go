@@ -84,3 +84,58 @@ func TestEncryptedLiteralsNeverSurvive(t *testing.T) {
 		}
 	}
 }
+
+// FuzzPlanMemo: a statement planned right after another, with the scratch
+// that remembers the first, gets the plan and constants a fresh scratch
+// gets.
+func FuzzPlanMemo(f *testing.F) {
+	pairs := [][2]string{
+		{`SELECT email FROM users WHERE email = 'a@b.c'`, `SELECT email FROM users WHERE email = 'other@example.com'`},
+		{`SELECT email FROM users WHERE email = 'a@b.c'`, `SELECT email FROM users WHERE email = 'a''b'`},
+		{`SELECT email FROM users WHERE email = 'a@b.c'`, `SELECT email FROM users WHERE email = E'a\\b'`},
+		{`SELECT email FROM users WHERE email = 'a'` + "\n" + `'b'`, `SELECT email FROM users WHERE email = 'a'` + "\n" + `'c'`},
+		{`SELECT * FROM users WHERE id = 5 LIMIT 10`, `SELECT * FROM users WHERE id = 5e1 LIMIT 10`},
+		{`SELECT * FROM users WHERE id = 5 LIMIT 10`, `SELECT * FROM users WHERE id = 5. LIMIT 10`},
+		{`SELECT * FROM users WHERE id = 5 e1`, `SELECT * FROM users WHERE id = 5e1`},
+		{`INSERT INTO users (email, full_name) VALUES ('x', 'y')`, `INSERT INTO users (email, full_name) VALUES ('x', $$y$$)`},
+		{`SELECT interval '1 day', email FROM users WHERE email = 'q'`, `SELECT interval '2 days', email FROM users WHERE email = 'q'`},
+		{`SELECT email FROM users WHERE email = 'a' -- c`, `SELECT email FROM users WHERE email = 'b' -- c`},
+		{`SELECT email FROM users WHERE email = 'a'`, `SELECT email FROM users WHERE email = 'a`},
+		{`SELECT email FROM users WHERE email = $1 AND id = 3`, `SELECT email FROM users WHERE email = $1 AND id = 33`},
+	}
+	for _, p := range pairs {
+		f.Add(p[0], p[1])
+	}
+	rw := New(mustRules(f, Options{}), 1<<16)
+	f.Fuzz(func(t *testing.T, a, b string) {
+		checkMemo(t, rw, a, b)
+		// b in place of a's first constant: a near miss or a match.
+		if _, lits := Normalize(a); len(lits) > 0 {
+			checkMemo(t, rw, a, a[:lits[0].Start]+b+a[lits[0].End:])
+		}
+	})
+}
+
+// checkMemo: b planned right after a with one scratch is planned as with a
+// fresh scratch.
+func checkMemo(t *testing.T, rw *Rewriter, a, b string) {
+	var sc Scratch
+	rw.PlanScratch(a, &sc)
+	p1, l1, _, err1 := rw.PlanScratch(b, &sc)
+	l1 = append([]Literal(nil), l1...)
+	p2, l2, _, err2 := rw.PlanScratch(b, &Scratch{})
+	if (err1 == nil) != (err2 == nil) {
+		t.Fatalf("after %q, %q: error %v; fresh: %v", a, b, err1, err2)
+	}
+	if err1 != nil {
+		return
+	}
+	if p1 != p2 || len(l1) != len(l2) {
+		t.Fatalf("after %q, %q planned as %+v %v; fresh: %+v %v", a, b, p1, l1, p2, l2)
+	}
+	for i := range l1 {
+		if l1[i] != l2[i] {
+			t.Fatalf("after %q, %q: constant %d at %v; fresh: %v", a, b, i, l1[i], l2[i])
+		}
+	}
+}
