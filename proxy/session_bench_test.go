@@ -286,3 +286,19 @@ func BenchmarkSessionColdPgbenchExtended(b *testing.B) {
 		s.benchRoundTrip(b, client, server)
 	}
 }
+
+func BenchmarkSessionColdLookupPrepared(b *testing.B) {
+	s, kr := benchSession(b)
+	s.benchPrepare(b, "P0_2", "SELECT email, full_name, phone FROM users WHERE email = $1;", []uint32{25}, benchUsersRow)
+	client := encodeAll(b, &pgproto3.Bind{PreparedStatement: "P0_2", Parameters: [][]byte{[]byte("u4242@example.com")}},
+		&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	server := encodeAll(b, &pgproto3.BindComplete{}, benchUsersRow, benchUserRow(b, kr),
+		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		thrash()
+		b.StartTimer()
+		s.benchRoundTrip(b, client, server)
+	}
+}
