@@ -501,3 +501,30 @@ func TestScratchVariants(t *testing.T) {
 		}
 	}
 }
+
+// Scratch's HMAC (by definition, on a plain SHA-256 state) agrees with
+// crypto/hmac for the key lengths pgveil uses and any message.
+func TestScratchHMAC(t *testing.T) {
+	t.Parallel()
+	var sc Scratch
+	for _, klen := range []int{16, 32, 64} {
+		key := make([]byte, klen)
+		for i := range key {
+			key[i] = byte(i*7 + klen)
+		}
+		var p macPool
+		p.init(key)
+		for _, n := range []int{0, 1, 55, 56, 63, 64, 65, 200, 5000} {
+			a := bytes.Repeat([]byte{byte(n)}, n)
+			b := []byte("tail")
+			var got [32]byte
+			p.sumWith(&sc, got[:], a, b)
+			m := hmac.New(sha256.New, key)
+			m.Write(a)
+			m.Write(b)
+			if want := m.Sum(nil); !bytes.Equal(got[:], want) {
+				t.Fatalf("key %d bytes, message %d bytes: %x, want %x", klen, n, got, want)
+			}
+		}
+	}
+}

@@ -153,6 +153,9 @@ func isURLAlphabet(c byte) bool { return urlAlphabet[c] }
 type macPool struct {
 	key  []byte
 	pool sync.Pool
+	// ipad and opad are the key padded to SHA-256's block and XORed with
+	// HMAC's constants, for Scratch's HMAC (see sumWith).
+	ipad, opad [sha256.BlockSize]byte
 }
 
 type macState struct {
@@ -161,8 +164,18 @@ type macState struct {
 }
 
 func (p *macPool) init(key []byte) {
+	if len(key) > sha256.BlockSize {
+		panic("keyring: HMAC key longer than a SHA-256 block") // keys here are 16 or 32 bytes
+	}
 	p.key = key
 	p.pool.New = func() any { return &macState{h: hmac.New(sha256.New, p.key)} }
+	for i := range p.ipad {
+		var k byte
+		if i < len(key) {
+			k = key[i]
+		}
+		p.ipad[i], p.opad[i] = k^0x36, k^0x5c
+	}
 }
 
 // sum writes HMAC-SHA256(key, a || b) into out (32 bytes).
@@ -172,10 +185,30 @@ func (p *macPool) sum(out []byte, a, b []byte) {
 
 // sumWith is sum with sc's state for this key (nil: a pooled one).
 func (p *macPool) sumWith(sc *Scratch, out []byte, a, b []byte) {
-	var s *macState
 	if sc != nil {
-		s = sc.mac(p)
-	} else {
+		// HMAC by its definition on one plain SHA-256 state that serves
+		// every key: two more block compressions than hmac's precomputed
+		// states, but a much shorter code path (no state unmarshalling, no
+		// per-key state), which is what a cold call costs.
+		if sc.sha == nil {
+			sc.sha = sha256.New()
+		}
+		d := sc.sha
+		d.Reset()
+		d.Write(p.ipad[:])
+		d.Write(a)
+		if len(b) > 0 {
+			d.Write(b)
+		}
+		inner := d.Sum(sc.sum[:0])
+		d.Reset()
+		d.Write(p.opad[:])
+		d.Write(inner)
+		copy(out, d.Sum(sc.sum[:0]))
+		return
+	}
+	var s *macState
+	{
 		s = p.pool.Get().(*macState)
 		defer p.pool.Put(s)
 	}
@@ -188,35 +221,16 @@ func (p *macPool) sumWith(sc *Scratch, out []byte, a, b []byte) {
 }
 
 // Scratch is memory one goroutine reuses across the Keyring calls that take
-// it: a token buffer, a batch of IVs and the HMAC states of the keys it
-// used last. Those calls then touch the caller's memory rather than
-// process-wide pools, which on a small machine shared with the database
-// and the application are cold by the time a session's next statement
-// comes. The zero value is ready to use; a nil *Scratch means the pools.
-// It holds no key material beyond the HMAC states' padded keys, like the
-// pools it stands in for.
+// it: a token buffer, a batch of IVs and a SHA-256 state for HMACs. Those
+// calls then touch the caller's memory rather than process-wide pools,
+// which on a small machine shared with the database and the application
+// are cold by the time a session's next statement comes. The zero value is
+// ready to use; a nil *Scratch means the pools. Like the pools' HMAC
+// states, its SHA-256 state is derived from keys after use: keep a Scratch
+// no longer than the session it serves.
 type Scratch struct {
-	buf  []byte
-	ivs  *ivBatch
-	macs [8]macSlot
-	next int
-}
-
-type macSlot struct {
-	pool  *macPool
-	state *macState
-}
-
-// mac returns sc's HMAC state for p's key, made on first use (the oldest
-// slot is reused when all are taken: after a reload, say).
-func (sc *Scratch) mac(p *macPool) *macState {
-	for i := range sc.macs {
-		if sc.macs[i].pool == p {
-			return sc.macs[i].state
-		}
-	}
-	st := &macState{h: hmac.New(sha256.New, p.key)}
-	sc.macs[sc.next] = macSlot{pool: p, state: st}
-	sc.next = (sc.next + 1) % len(sc.macs)
-	return st
+	buf []byte
+	ivs *ivBatch
+	sha hash.Hash // SHA-256 for HMACs under any key
+	sum [sha256.Size]byte
 }
