@@ -31,6 +31,10 @@ type Rules struct {
 	names   map[string]struct{}   // lower-cased table names, for the skip scan
 	maxName int
 	lens    uint64 // bit n set: some configured name has n bytes (n < 64)
+	// firsts: bit c set when some configured name starts with ASCII byte c
+	// (lower case); names starting with a non-ASCII byte set nonASCII.
+	firsts   [2]uint64
+	nonASCII bool
 }
 
 type tableRule struct {
@@ -127,6 +131,13 @@ func Compile(tables []config.Table, opts Options) (*Rules, error) {
 		if len(ln) > r.maxName {
 			r.maxName = len(ln)
 		}
+		if ln != "" {
+			if c := ln[0]; c < 128 {
+				r.firsts[c>>6] |= 1 << (c & 63)
+			} else {
+				r.nonASCII = true
+			}
+		}
 	}
 	return r, nil
 }
@@ -170,7 +181,7 @@ func (r *Rules) Mentions(sql string) bool {
 		if (c == 'u' || c == 'U') && j == i+1 && j+1 < len(sql) && sql[j] == '&' && sql[j+1] == '"' {
 			return true
 		}
-		if n := j - i; n <= max && r.lens&(1<<uint(n)) != 0 {
+		if n := j - i; n <= max && r.lens&(1<<uint(n)) != 0 && r.mayStart(c) {
 			if _, ok := r.names[string(lowerWord(buf[:], sql[i:j]))]; ok {
 				return true
 			}
@@ -187,6 +198,18 @@ func (r *Rules) Mentions(sql string) bool {
 		}
 	}
 	return false
+}
+
+// mayStart reports whether a configured name can start with c (either
+// case): most words of a statement are ruled out without a map lookup.
+func (r *Rules) mayStart(c byte) bool {
+	if c >= 128 {
+		return r.nonASCII
+	}
+	if 'A' <= c && c <= 'Z' {
+		c += 'a' - 'A'
+	}
+	return r.firsts[c>>6]&(1<<(c&63)) != 0
 }
 
 // table finds a configured table by schema ("" = public) and name.
