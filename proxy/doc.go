@@ -60,7 +60,9 @@
 //
 // # Buffers and flushing
 //
-// Each socket has one 64 KiB read buffer and one write buffer. Frames that
+// Each socket has one read buffer and one write buffer (8 and 16 KiB at
+// first; the goroutine engine swaps in 64 KiB ones, the event loop grows its
+// input while reads fill it). Frames that
 // need no change are copied from the read buffer to the write buffer
 // without being decoded (large ones stream through); only Query, Parse,
 // Bind, Describe, Execute and Close are looked at on the way in, and
@@ -69,6 +71,25 @@
 // empty, i.e. right before it would block: a pipeline or a result set goes
 // out in as few writes as the kernel allows, and nothing waits in a buffer
 // while pgveil waits for input.
+//
+// # What a statement costs
+//
+// On a small machine shared with the application and the database, the
+// processes running between two events of a session evict most of its
+// memory from the caches, so what a statement costs pgveil is mostly the
+// cache lines it touches, not the instructions it runs. The hot path is
+// built for that: the unnamed statement and portal (what most drivers use
+// every time) live in fields, not maps, and the portal is reused once
+// nothing owed refers to it; Bind is decoded in place; frames a handler
+// decoded but left unchanged go out from the read buffer; the session owns
+// the scratch memory of its plan lookups (rewrite.Scratch, which also
+// remembers the last statement's shape so the same text with other
+// constants skips the lexer) and of its tokens and HMACs
+// (keyring.Scratch); the fields every statement uses are laid out together
+// (Session); duration metrics are batched per session (timings.go) and
+// read from the TSC where the kernel keeps time with it (clock.go). The
+// session benchmarks (session_bench_test.go) run a statement's messages
+// through the handlers, warm and with the caches evicted first.
 //
 // # COPY
 //
