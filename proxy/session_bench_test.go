@@ -9,7 +9,6 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/pgveil/pgveil/config"
 	"github.com/pgveil/pgveil/keyring"
 )
 
@@ -28,30 +27,8 @@ const (
 // with its blind index, full_name, phone encrypted).
 func benchSession(b *testing.B) (*Session, *keyring.Keyring) {
 	b.Helper()
-	enc, _ := keyring.GenerateKey()
-	hash, _ := keyring.GenerateKey()
-	env := map[string]string{"ENCRYPTION_KEY": enc, "ENCRYPTION_HASH_KEY": hash}
-	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
-	cfg, err := config.Parse([]byte(`upstream: 127.0.0.1:1
-upstream_tls: {mode: disable}
-tables:
-  - table: users
-    columns:
-      - {column: email, blind_index: email_hash}
-      - {column: full_name}
-      - {column: phone}
-`), "", lookup)
-	if err != nil {
-		b.Fatal(err)
-	}
-	kr, err := keyring.Load(cfg.Keys, lookup, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	snap, err := NewSnapshot(cfg, kr)
-	if err != nil {
-		b.Fatal(err)
-	}
+	snap, kr := testSnapshotColumns(b, "127.0.0.1:1",
+		"      - {column: email, blind_index: email_hash}\n      - {column: full_name}\n      - {column: phone}\n")
 	reg := prometheus.NewRegistry()
 	srv := NewServer(snap, nil, NewMetrics(reg), keyring.NewMetrics(reg))
 	s := newSession(srv, nil, 1)
@@ -61,7 +38,7 @@ tables:
 	for i, col := range []string{"id", "email", "email_hash", "full_name", "phone"} {
 		rows = append(rows, [][]byte{[]byte("16400"), []byte{byte('1' + i)}, []byte("public"), []byte("users"), []byte(col)})
 	}
-	s.cat.Store(buildCatalog(cfg.Tables, rows, snap.Generation))
+	s.cat.Store(buildCatalog(snap.Config.Tables, rows, snap.Generation))
 	s.cr = &memFrames{limit: 1 << 20}
 	s.ur = &memFrames{limit: 1 << 20}
 	s.uw = bufio.NewWriterSize(io.Discard, eventWriteBufferSize)
@@ -79,6 +56,20 @@ func encodeAll(b *testing.B, msgs ...interface{ Encode([]byte) ([]byte, error) }
 		}
 	}
 	return out
+}
+
+// runBench runs client and server through the session b.N times; cold
+// evicts the caches before each round trip (see thrash).
+func (s *Session) runBench(b *testing.B, client, server []byte, cold bool) {
+	b.ReportAllocs()
+	for b.Loop() {
+		if cold {
+			b.StopTimer()
+			thrash()
+			b.StartTimer()
+		}
+		s.benchRoundTrip(b, client, server)
+	}
 }
 
 // roundTrip hands the session one client batch and the server's replies,
@@ -140,24 +131,24 @@ func BenchmarkSessionPgbenchSimple(b *testing.B) {
 	client := encodeAll(b, &pgproto3.Query{String: "SELECT abalance FROM pgbench_accounts WHERE aid = 81237;"})
 	server := encodeAll(b, benchAccountsRow, &pgproto3.DataRow{Values: [][]byte{[]byte("0")}},
 		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
-	b.ReportAllocs()
-	for b.Loop() {
-		s.benchRoundTrip(b, client, server)
-	}
+	s.runBench(b, client, server, false)
+}
+
+// pgbenchExtended is one pgbench -S -M extended transaction.
+func pgbenchExtended(b *testing.B) (client, server []byte) {
+	client = encodeAll(b, &pgproto3.Parse{Query: benchSelect},
+		&pgproto3.Bind{Parameters: [][]byte{[]byte("81237")}}, &pgproto3.Describe{ObjectType: 'P'},
+		&pgproto3.Execute{}, &pgproto3.Sync{})
+	server = encodeAll(b, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, benchAccountsRow,
+		&pgproto3.DataRow{Values: [][]byte{[]byte("0")}}, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	return client, server
 }
 
 func BenchmarkSessionPgbenchExtended(b *testing.B) {
 	s, _ := benchSession(b)
-	client := encodeAll(b, &pgproto3.Parse{Query: benchSelect},
-		&pgproto3.Bind{Parameters: [][]byte{[]byte("81237")}}, &pgproto3.Describe{ObjectType: 'P'},
-		&pgproto3.Execute{}, &pgproto3.Sync{})
-	server := encodeAll(b, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, benchAccountsRow,
-		&pgproto3.DataRow{Values: [][]byte{[]byte("0")}}, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")},
-		&pgproto3.ReadyForQuery{TxStatus: 'I'})
-	b.ReportAllocs()
-	for b.Loop() {
-		s.benchRoundTrip(b, client, server)
-	}
+	client, server := pgbenchExtended(b)
+	s.runBench(b, client, server, false)
 }
 
 // prepare runs a Parse + Describe statement + Sync for name.
@@ -179,10 +170,7 @@ func BenchmarkSessionPgbenchPrepared(b *testing.B) {
 	server := encodeAll(b, &pgproto3.BindComplete{}, benchAccountsRow,
 		&pgproto3.DataRow{Values: [][]byte{[]byte("0")}}, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")},
 		&pgproto3.ReadyForQuery{TxStatus: 'I'})
-	b.ReportAllocs()
-	for b.Loop() {
-		s.benchRoundTrip(b, client, server)
-	}
+	s.runBench(b, client, server, false)
 }
 
 func benchUserRow(b *testing.B, kr *keyring.Keyring) *pgproto3.DataRow {
@@ -202,23 +190,23 @@ func BenchmarkSessionEncryptedLookupSimple(b *testing.B) {
 	client := encodeAll(b, &pgproto3.Query{String: "SELECT email, full_name, phone FROM users WHERE email = 'u4242@example.com';"})
 	server := encodeAll(b, benchUsersRow, benchUserRow(b, kr),
 		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
-	b.ReportAllocs()
-	for b.Loop() {
-		s.benchRoundTrip(b, client, server)
-	}
+	s.runBench(b, client, server, false)
+}
+
+// lookupPrepared is the encrypted lookup of make bench, prepared.
+func (s *Session) lookupPrepared(b *testing.B, kr *keyring.Keyring) (client, server []byte) {
+	s.benchPrepare(b, "P0_2", "SELECT email, full_name, phone FROM users WHERE email = $1;", []uint32{25}, benchUsersRow)
+	client = encodeAll(b, &pgproto3.Bind{PreparedStatement: "P0_2", Parameters: [][]byte{[]byte("u4242@example.com")}},
+		&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	server = encodeAll(b, &pgproto3.BindComplete{}, benchUsersRow, benchUserRow(b, kr),
+		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+	return client, server
 }
 
 func BenchmarkSessionEncryptedLookupPrepared(b *testing.B) {
 	s, kr := benchSession(b)
-	s.benchPrepare(b, "P0_2", "SELECT email, full_name, phone FROM users WHERE email = $1;", []uint32{25}, benchUsersRow)
-	client := encodeAll(b, &pgproto3.Bind{PreparedStatement: "P0_2", Parameters: [][]byte{[]byte("u4242@example.com")}},
-		&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{})
-	server := encodeAll(b, &pgproto3.BindComplete{}, benchUsersRow, benchUserRow(b, kr),
-		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
-	b.ReportAllocs()
-	for b.Loop() {
-		s.benchRoundTrip(b, client, server)
-	}
+	client, server := s.lookupPrepared(b, kr)
+	s.runBench(b, client, server, false)
 }
 
 func BenchmarkSessionEncryptedInsertPrepared(b *testing.B) {
@@ -229,20 +217,20 @@ func BenchmarkSessionEncryptedInsertPrepared(b *testing.B) {
 		&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{})
 	server := encodeAll(b, &pgproto3.BindComplete{}, &pgproto3.NoData{},
 		&pgproto3.CommandComplete{CommandTag: []byte("INSERT 0 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
-	b.ReportAllocs()
-	for b.Loop() {
-		s.benchRoundTrip(b, client, server)
-	}
+	s.runBench(b, client, server, false)
+}
+
+// insertSimple is the encrypted insert of make bench, values inlined.
+func insertSimple(b *testing.B) (client, server []byte) {
+	client = encodeAll(b, &pgproto3.Query{String: "INSERT INTO users (email, full_name, phone) VALUES ('b123456789@example.com', 'Bench User 123456789', '+1-555-123456789');"})
+	server = encodeAll(b, &pgproto3.CommandComplete{CommandTag: []byte("INSERT 0 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+	return client, server
 }
 
 func BenchmarkSessionEncryptedInsertSimple(b *testing.B) {
 	s, _ := benchSession(b)
-	client := encodeAll(b, &pgproto3.Query{String: "INSERT INTO users (email, full_name, phone) VALUES ('b123456789@example.com', 'Bench User 123456789', '+1-555-123456789');"})
-	server := encodeAll(b, &pgproto3.CommandComplete{CommandTag: []byte("INSERT 0 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
-	b.ReportAllocs()
-	for b.Loop() {
-		s.benchRoundTrip(b, client, server)
-	}
+	client, server := insertSimple(b)
+	s.runBench(b, client, server, false)
 }
 
 // thrash evicts the caches the way the processes sharing a small machine's
@@ -255,50 +243,22 @@ func thrash() {
 	}
 }
 
-// BenchmarkSessionColdInsertSimple is BenchmarkSessionEncryptedInsertSimple
-// with the data caches evicted before each statement.
+// The Cold benchmarks are their namesakes with the data caches evicted
+// before each statement.
 func BenchmarkSessionColdInsertSimple(b *testing.B) {
 	s, _ := benchSession(b)
-	client := encodeAll(b, &pgproto3.Query{String: "INSERT INTO users (email, full_name, phone) VALUES ('b123456789@example.com', 'Bench User 123456789', '+1-555-123456789');"})
-	server := encodeAll(b, &pgproto3.CommandComplete{CommandTag: []byte("INSERT 0 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
-	b.ReportAllocs()
-	for b.Loop() {
-		b.StopTimer()
-		thrash()
-		b.StartTimer()
-		s.benchRoundTrip(b, client, server)
-	}
+	client, server := insertSimple(b)
+	s.runBench(b, client, server, true)
 }
 
 func BenchmarkSessionColdPgbenchExtended(b *testing.B) {
 	s, _ := benchSession(b)
-	client := encodeAll(b, &pgproto3.Parse{Query: benchSelect},
-		&pgproto3.Bind{Parameters: [][]byte{[]byte("81237")}}, &pgproto3.Describe{ObjectType: 'P'},
-		&pgproto3.Execute{}, &pgproto3.Sync{})
-	server := encodeAll(b, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, benchAccountsRow,
-		&pgproto3.DataRow{Values: [][]byte{[]byte("0")}}, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")},
-		&pgproto3.ReadyForQuery{TxStatus: 'I'})
-	b.ReportAllocs()
-	for b.Loop() {
-		b.StopTimer()
-		thrash()
-		b.StartTimer()
-		s.benchRoundTrip(b, client, server)
-	}
+	client, server := pgbenchExtended(b)
+	s.runBench(b, client, server, true)
 }
 
 func BenchmarkSessionColdLookupPrepared(b *testing.B) {
 	s, kr := benchSession(b)
-	s.benchPrepare(b, "P0_2", "SELECT email, full_name, phone FROM users WHERE email = $1;", []uint32{25}, benchUsersRow)
-	client := encodeAll(b, &pgproto3.Bind{PreparedStatement: "P0_2", Parameters: [][]byte{[]byte("u4242@example.com")}},
-		&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{})
-	server := encodeAll(b, &pgproto3.BindComplete{}, benchUsersRow, benchUserRow(b, kr),
-		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
-	b.ReportAllocs()
-	for b.Loop() {
-		b.StopTimer()
-		thrash()
-		b.StartTimer()
-		s.benchRoundTrip(b, client, server)
-	}
+	client, server := s.lookupPrepared(b, kr)
+	s.runBench(b, client, server, true)
 }

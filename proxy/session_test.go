@@ -58,11 +58,18 @@ func scriptedUpstream(t *testing.T, catalogRows [][]string, script func(be *pgpr
 
 func testSnapshot(t *testing.T, upstream string) (*Snapshot, *keyring.Keyring) {
 	t.Helper()
+	return testSnapshotColumns(t, upstream, "      - {column: email, blind_index: email_hash}\n")
+}
+
+// testSnapshotColumns is a snapshot with fresh keys whose users table has
+// the given columns (YAML list items).
+func testSnapshotColumns(t testing.TB, upstream, columns string) (*Snapshot, *keyring.Keyring) {
+	t.Helper()
 	enc, _ := keyring.GenerateKey()
 	hash, _ := keyring.GenerateKey()
 	env := map[string]string{"ENCRYPTION_KEY": enc, "ENCRYPTION_HASH_KEY": hash}
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
-	cfg, err := config.Parse([]byte("upstream: "+upstream+"\nupstream_tls: {mode: disable}\ntables:\n  - table: users\n    columns:\n      - {column: email, blind_index: email_hash}\n"), "", lookup)
+	cfg, err := config.Parse([]byte("upstream: "+upstream+"\nupstream_tls: {mode: disable}\ntables:\n  - table: users\n    columns:\n"+columns), "", lookup)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -37,28 +37,27 @@ type cryptoTiming struct {
 func (t *timings) statement(srv *Server, total, overhead time.Duration) {
 	t.mu.Lock()
 	t.stmt = append(t.stmt, stmtTiming{total, overhead})
-	if len(t.stmt) >= timingBatch {
-		t.publishLocked(srv)
-	}
+	t.publishIfFull(srv, len(t.stmt))
 	t.mu.Unlock()
 }
 
-func (t *timings) encrypted(srv *Server, n, failed int, d time.Duration) {
+// crypto records one message's encryptions, or one statement's
+// decryptions.
+func (t *timings) crypto(srv *Server, decrypt bool, n, failed int, d time.Duration) {
 	t.mu.Lock()
-	t.enc = append(t.enc, cryptoTiming{n, failed, d})
-	if len(t.enc) >= timingBatch {
-		t.publishLocked(srv)
+	batch := &t.enc
+	if decrypt {
+		batch = &t.dec
 	}
+	*batch = append(*batch, cryptoTiming{n, failed, d})
+	t.publishIfFull(srv, len(*batch))
 	t.mu.Unlock()
 }
 
-func (t *timings) decrypted(srv *Server, n, failed int, d time.Duration) {
-	t.mu.Lock()
-	t.dec = append(t.dec, cryptoTiming{n, failed, d})
-	if len(t.dec) >= timingBatch {
+func (t *timings) publishIfFull(srv *Server, n int) {
+	if n >= timingBatch {
 		t.publishLocked(srv)
 	}
-	t.mu.Unlock()
 }
 
 // publish hands everything batched to the metrics.

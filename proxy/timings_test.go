@@ -51,8 +51,8 @@ func TestTimingsPublished(t *testing.T) {
 	for i := 0; i < timingBatch-1; i++ {
 		s.timings.statement(srv, 3*time.Millisecond, time.Microsecond)
 	}
-	s.timings.encrypted(srv, 3, 1, 5*time.Microsecond)
-	s.timings.decrypted(srv, 2, 0, 2*time.Microsecond)
+	s.timings.crypto(srv, false, 3, 1, 5*time.Microsecond)
+	s.timings.crypto(srv, true, 2, 0, 2*time.Microsecond)
 	if n := histogramCount(t, reg, "pgveil_statement_duration_seconds"); n != 0 {
 		t.Fatalf("%d statements published before the batch filled", n)
 	}

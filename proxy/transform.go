@@ -230,7 +230,7 @@ func (s *Session) flushDecryptMetrics(st *serverState) {
 		}
 	}
 	if total > 0 || st.decErrors > 0 {
-		s.timings.decrypted(s.srv, total+st.decErrors, st.decErrors, st.decTime)
+		s.timings.crypto(s.srv, true, total+st.decErrors, st.decErrors, st.decTime)
 	}
 	st.decErrors, st.decTime = 0, 0
 }
@@ -256,7 +256,7 @@ func (s *Session) endEncryptions() {
 	if !es.began.IsZero() {
 		d = time.Since(es.began)
 	}
-	s.timings.encrypted(s.srv, es.n, es.failed, d)
+	s.timings.crypto(s.srv, false, es.n, es.failed, d)
 	*es = encStats{}
 }
 
