@@ -210,12 +210,7 @@ func TestProtocolMessageTooLarge(t *testing.T) {
 // the session afterwards, in order.
 func TestProtocolQueriesBehindStartup(t *testing.T) {
 	p := startProxy(t, proxyOpts{})
-	nc, err := net.Dial("tcp", p.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	_ = nc.SetDeadline(time.Now().Add(30 * time.Second))
+	nc := p.RawConn(t, 30*time.Second)
 	var buf []byte
 	buf, _ = (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
 		Parameters: map[string]string{"user": pgtest.TrustUser, "database": p.DB}}).Encode(buf)

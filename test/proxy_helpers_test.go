@@ -196,6 +196,20 @@ func (p *testProxy) Conn(t testing.TB, params ...string) *pgx.Conn {
 }
 
 // Direct connects straight to Postgres as the superuser.
+// RawConn is a plain TCP connection to pgveil, for tests that speak the
+// protocol byte by byte; it is closed when the test ends and every read or
+// write fails after timeout.
+func (p *testProxy) RawConn(t testing.TB, timeout time.Duration) net.Conn {
+	t.Helper()
+	nc, err := net.Dial("tcp", p.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	_ = nc.SetDeadline(time.Now().Add(timeout))
+	return nc
+}
+
 func (p *testProxy) Direct(t testing.TB) *pgx.Conn {
 	t.Helper()
 	return p.Cluster.Superuser(t, p.DB)

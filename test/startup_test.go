@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -47,12 +46,7 @@ func TestStartupParameters(t *testing.T) {
 func TestStartupGSSENCAndReplication(t *testing.T) {
 	p := startProxy(t, proxyOpts{})
 	// GSSENCRequest is answered 'N' and the startup continues in the clear.
-	nc, err := net.Dial("tcp", p.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	nc := p.RawConn(t, 10*time.Second)
 	var req [8]byte
 	binary.BigEndian.PutUint32(req[0:], 8)
 	binary.BigEndian.PutUint32(req[4:], 80877104)
@@ -74,7 +68,7 @@ func TestStartupGSSENCAndReplication(t *testing.T) {
 		}
 	}
 	// Replication connections are refused with a clear error.
-	_, err = pgx.Connect(context.Background(), p.DSN(pgtest.TrustUser, "replication", "database"))
+	_, err := pgx.Connect(context.Background(), p.DSN(pgtest.TrustUser, "replication", "database"))
 	if err == nil || !strings.Contains(err.Error(), "pgveil: replication connections are not supported") {
 		t.Fatalf("replication: %v", err)
 	}

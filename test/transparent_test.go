@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -365,11 +364,7 @@ func TestTransparentTLS(t *testing.T) {
 		p := startProxy(t, proxyOpts{mutate: func(cfg *config.Config) {
 			cfg.TLS = &config.TLS{CertFile: certFile, KeyFile: keyFile}
 		}})
-		nc, err := net.Dial("tcp", p.Addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nc.Close()
+		nc := p.RawConn(t, 10*time.Second)
 		// SSLRequest immediately followed by bytes that are not a TLS
 		// handshake: pgveil must refuse rather than read them as plaintext.
 		req := []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f, 0, 0, 0, 8, 0, 3, 0, 0}
