@@ -160,7 +160,7 @@ func sealAt(dst []byte, key *keyMaterial, plain []byte, now int64, iv []byte, sc
 		key.block.Encrypt(blk, blk)
 		prev = blk
 	}
-	key.mac.sumWith(sc, raw[headerLen+ctLen:], raw[:headerLen+ctLen], nil)
+	key.mac.sum(raw[headerLen+ctLen:], raw[:headerLen+ctLen], nil)
 	return b64.AppendEncode(dst, raw), nil
 }
 
@@ -189,7 +189,7 @@ func decodeToken(token []byte, sc *Scratch) (sp *[]byte, raw []byte, err error) 
 func verifyMAC(key *keyMaterial, raw []byte, sc *Scratch) bool {
 	var sum [macLen]byte
 	body := raw[:len(raw)-macLen]
-	key.mac.sumWith(sc, sum[:], body, nil)
+	key.mac.sum(sum[:], body, nil)
 	return hmac.Equal(sum[:], raw[len(raw)-macLen:])
 }
 

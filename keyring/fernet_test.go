@@ -502,29 +502,76 @@ func TestScratchVariants(t *testing.T) {
 	}
 }
 
-// Scratch's HMAC (by definition, on a plain SHA-256 state) agrees with
-// crypto/hmac for the key lengths pgveil uses and any message.
-func TestScratchHMAC(t *testing.T) {
+// HMAC from precomputed ipad/opad states (sha256block.go) agrees with
+// crypto/hmac for the key lengths pgveil uses, every message length around
+// the block and padding boundaries, and messages split in two anywhere.
+func TestHMACState(t *testing.T) {
 	t.Parallel()
-	var sc Scratch
-	for _, klen := range []int{16, 32, 64} {
+	for _, klen := range []int{0, 16, 32, 64} {
 		key := make([]byte, klen)
 		for i := range key {
 			key[i] = byte(i*7 + klen)
 		}
 		var p macPool
 		p.init(key)
-		for _, n := range []int{0, 1, 55, 56, 63, 64, 65, 200, 5000} {
-			a := bytes.Repeat([]byte{byte(n)}, n)
-			b := []byte("tail")
-			var got [32]byte
-			p.sumWith(&sc, got[:], a, b)
+		for n := 0; n <= 300; n++ {
+			msg := make([]byte, n)
+			for i := range msg {
+				msg[i] = byte(i*31 + n)
+			}
 			m := hmac.New(sha256.New, key)
-			m.Write(a)
-			m.Write(b)
-			if want := m.Sum(nil); !bytes.Equal(got[:], want) {
-				t.Fatalf("key %d bytes, message %d bytes: %x, want %x", klen, n, got, want)
+			m.Write(msg)
+			want := m.Sum(nil)
+			for _, cut := range []int{0, 1, 7, 55, 63, 64, 65, 129, n} {
+				if cut > n {
+					continue
+				}
+				var got [32]byte
+				p.sum(got[:], msg[:cut], msg[cut:])
+				if !bytes.Equal(got[:], want) {
+					t.Fatalf("key %d bytes, message %d bytes cut at %d: %x, want %x", klen, n, cut, got, want)
+				}
 			}
 		}
 	}
+}
+
+// The block function in use (SHA-NI where the CPU has it) and the Go one
+// compute the same states.
+func TestBlockMatchesGeneric(t *testing.T) {
+	t.Parallel()
+	data := make([]byte, 4*shaBlock)
+	for i := range data {
+		data[i] = byte(i * 13)
+	}
+	for n := 0; n <= len(data); n += shaBlock {
+		a, b := shaIV, shaIV
+		a[3] ^= uint32(n)
+		b[3] ^= uint32(n)
+		block(&a, data[:n])
+		blockGeneric(&b, data[:n])
+		if a != b {
+			t.Fatalf("%d bytes: %x, generic %x", n, a, b)
+		}
+	}
+}
+
+func FuzzHMACState(f *testing.F) {
+	f.Add([]byte("key"), []byte("a"), []byte("b"))
+	f.Add(make([]byte, 64), make([]byte, 55), []byte{})
+	f.Fuzz(func(t *testing.T, key, a, b []byte) {
+		if len(key) > shaBlock {
+			key = key[:shaBlock]
+		}
+		var p macPool
+		p.init(key)
+		var got [32]byte
+		p.sum(got[:], a, b)
+		m := hmac.New(sha256.New, key)
+		m.Write(a)
+		m.Write(b)
+		if want := m.Sum(nil); !bytes.Equal(got[:], want) {
+			t.Fatalf("%x, want %x", got, want)
+		}
+	})
 }

@@ -17,9 +17,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"log/slog"
-	"sync"
 )
 
 // KeyLen is the length of a Fernet key in bytes: 16 for signing, 16 for
@@ -148,89 +146,33 @@ var urlAlphabet = func() (t [256]bool) {
 
 func isURLAlphabet(c byte) bool { return urlAlphabet[c] }
 
-// macPool hands out HMAC-SHA256 states for one key. hmac's Reset restores
-// the precomputed ipad/opad states, so a pooled state costs no key schedule.
+// macPool computes HMAC-SHA256 under one key from the key's precomputed
+// ipad/opad states (sha256block.go): no per-call state, so any goroutine
+// may use it at once. (The name is from when it pooled crypto/hmac states.)
 type macPool struct {
-	key  []byte
-	pool sync.Pool
-	// ipad and opad are the key padded to SHA-256's block and XORed with
-	// HMAC's constants, for Scratch's HMAC (see sumWith).
-	ipad, opad [sha256.BlockSize]byte
-}
-
-type macState struct {
-	h   hash.Hash
-	sum [sha256.Size]byte
+	st hmacState
 }
 
 func (p *macPool) init(key []byte) {
-	if len(key) > sha256.BlockSize {
+	if len(key) > shaBlock {
 		panic("keyring: HMAC key longer than a SHA-256 block") // keys here are 16 or 32 bytes
 	}
-	p.key = key
-	p.pool.New = func() any { return &macState{h: hmac.New(sha256.New, p.key)} }
-	for i := range p.ipad {
-		var k byte
-		if i < len(key) {
-			k = key[i]
-		}
-		p.ipad[i], p.opad[i] = k^0x36, k^0x5c
-	}
+	p.st.init(key)
 }
 
 // sum writes HMAC-SHA256(key, a || b) into out (32 bytes).
 func (p *macPool) sum(out []byte, a, b []byte) {
-	p.sumWith(nil, out, a, b)
-}
-
-// sumWith is sum with sc's state for this key (nil: a pooled one).
-func (p *macPool) sumWith(sc *Scratch, out []byte, a, b []byte) {
-	if sc != nil {
-		// HMAC by its definition on one plain SHA-256 state that serves
-		// every key: two more block compressions than hmac's precomputed
-		// states, but a much shorter code path (no state unmarshalling, no
-		// per-key state), which is what a cold call costs.
-		if sc.sha == nil {
-			sc.sha = sha256.New()
-		}
-		d := sc.sha
-		d.Reset()
-		d.Write(p.ipad[:])
-		d.Write(a)
-		if len(b) > 0 {
-			d.Write(b)
-		}
-		inner := d.Sum(sc.sum[:0])
-		d.Reset()
-		d.Write(p.opad[:])
-		d.Write(inner)
-		copy(out, d.Sum(sc.sum[:0]))
-		return
-	}
-	var s *macState
-	{
-		s = p.pool.Get().(*macState)
-		defer p.pool.Put(s)
-	}
-	s.h.Reset()
-	s.h.Write(a)
-	if len(b) > 0 {
-		s.h.Write(b)
-	}
-	copy(out, s.h.Sum(s.sum[:0]))
+	p.st.sum(out, a, b)
 }
 
 // Scratch is memory one goroutine reuses across the Keyring calls that take
-// it: a token buffer, a batch of IVs and a SHA-256 state for HMACs. Those
+// it: a token buffer and a batch of IVs. Those
 // calls then touch the caller's memory rather than process-wide pools,
 // which on a small machine shared with the database and the application
 // are cold by the time a session's next statement comes. The zero value is
-// ready to use; a nil *Scratch means the pools. Like the pools' HMAC
-// states, its SHA-256 state is derived from keys after use: keep a Scratch
-// no longer than the session it serves.
+// ready to use; a nil *Scratch means the pools. Keep a Scratch no longer
+// than the session it serves: its buffer held plaintext.
 type Scratch struct {
 	buf []byte
 	ivs *ivBatch
-	sha hash.Hash // SHA-256 for HMACs under any key
-	sum [sha256.Size]byte
 }

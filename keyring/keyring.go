@@ -100,7 +100,7 @@ func (h *hashKey) column(domain string) *macPool {
 
 func (h *hashKey) appendIndex(dst []byte, domain string, plain []byte, sc *Scratch) []byte {
 	var sum [sha256.Size]byte
-	h.column(domain).sumWith(sc, sum[:], plain, nil)
+	h.column(domain).sum(sum[:], plain, nil)
 	return hex.AppendEncode(dst, sum[:])
 }
 
