@@ -66,3 +66,20 @@ func startFastClock() {
 		tsc.Store(&tscRate{base: c1, offset: float64(t1), nsPer: float64(t1-t0) / float64(c1-c0)})
 	})
 }
+
+// wallClock reads Unix seconds (Fernet token timestamps) for one goroutine
+// from monoNow readings, taking the system's wall clock once a second: a
+// wall-clock reading per client message cost as much as a token's AES.
+// A wall-clock step reaches it within a second.
+type wallClock struct {
+	at   time.Duration // the monoNow reading when unix was taken
+	unix int64         // Unix nanoseconds at at; 0 until the first reading
+}
+
+// unixSeconds returns the Unix time, in seconds, at the monoNow reading mono.
+func (w *wallClock) unixSeconds(mono time.Duration) int64 {
+	if w.unix == 0 || mono < w.at || mono-w.at >= time.Second {
+		w.at, w.unix = mono, time.Now().UnixNano()
+	}
+	return (w.unix + int64(mono-w.at)) / int64(time.Second)
+}

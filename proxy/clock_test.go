@@ -39,3 +39,30 @@ func BenchmarkTimeSince(b *testing.B) {
 	}
 	_ = sink
 }
+
+// wallClock's seconds stay within a second of the system's wall clock over
+// time, and take the wall clock again after a second or a reading that
+// goes back.
+func TestWallClock(t *testing.T) {
+	startFastClock()
+	var w wallClock
+	for i := 0; i < 4; i++ {
+		before := time.Now().Unix()
+		got := w.unixSeconds(monoNow())
+		after := time.Now().Unix()
+		if got < before-1 || got > after+1 {
+			t.Fatalf("reading %d: %d, the wall clock said %d..%d", i, got, before, after)
+		}
+		time.Sleep(400 * time.Millisecond)
+	}
+	// A reading far ahead refreshes, one behind too.
+	m := monoNow()
+	w = wallClock{at: m, unix: 1} // an absurd earlier reading
+	if got := w.unixSeconds(m + 2*time.Second); got < time.Now().Unix()-1 {
+		t.Fatalf("not refreshed after 2 s: %d", got)
+	}
+	w = wallClock{at: m + time.Hour, unix: 1}
+	if got := w.unixSeconds(m); got < time.Now().Unix()-1 {
+		t.Fatalf("not refreshed for a reading behind: %d", got)
+	}
+}

@@ -241,9 +241,11 @@ func (s *Session) flushDecryptMetrics(st *serverState) {
 // value: two clock readings and a histogram per value cost more than a
 // token's HMAC). [client]
 type encStats struct {
-	began     time.Time // zero until the message's first token
+	began     time.Duration // monoNow at the message's first token
+	started   bool
 	unix      int64
 	n, failed int
+	wall      wallClock // outlives the message
 }
 
 // endEncryptions publishes what encStats gathered for one client message.
@@ -253,11 +255,11 @@ func (s *Session) endEncryptions() {
 		return
 	}
 	var d time.Duration
-	if !es.began.IsZero() {
-		d = time.Since(es.began)
+	if es.started {
+		d = monoNow() - es.began
 	}
 	s.timings.crypto(s.srv, false, es.n, es.failed, d)
-	*es = encStats{}
+	*es = encStats{wall: es.wall}
 }
 
 // transformer returns the function that computes what an Action makes of a
@@ -291,9 +293,9 @@ func (s *Session) apply(snap *Snapshot, a rewrite.Action, v, dst []byte, binaryF
 			es.failed++
 			return nil, columnError(err, a.Column)
 		}
-		if es.began.IsZero() {
-			es.began = time.Now()
-			es.unix = es.began.Unix()
+		if !es.started {
+			es.began, es.started = monoNow(), true
+			es.unix = es.wall.unixSeconds(es.began)
 		}
 		out, err := kr.SealScratch(dst, v, es.unix, &s.crypto)
 		if err != nil {

@@ -2,11 +2,14 @@ package test
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -36,6 +39,14 @@ func checkStoredUser(t testing.TB, p *testProxy, id int64, email, name string) {
 		plain, _, err := kr.Open(nil, []byte(*stored))
 		if err != nil || string(plain) != want {
 			t.Fatalf("users.%s id %d: stored token does not decrypt to the value written (%v)", col, id, err)
+		}
+		// The token's timestamp is the time it was made.
+		raw, err := base64.URLEncoding.DecodeString(*stored)
+		if err != nil || len(raw) < 9 {
+			t.Fatalf("users.%s id %d: token does not decode: %v", col, id, err)
+		}
+		if ts, now := int64(binary.BigEndian.Uint64(raw[1:9])), time.Now().Unix(); ts < now-120 || ts > now+2 {
+			t.Fatalf("users.%s id %d: token timestamp %d, now %d", col, id, ts, now)
 		}
 	}
 	check("email", se, email)
