@@ -166,7 +166,7 @@ func (p *macPool) sum(out []byte, a, b []byte) {
 }
 
 // Scratch is memory one goroutine reuses across the Keyring calls that take
-// it: a token buffer and a batch of IVs. Those
+// it: a token buffer, a batch of IVs, the last column key used. Those
 // calls then touch the caller's memory rather than process-wide pools,
 // which on a small machine shared with the database and the application
 // are cold by the time a session's next statement comes. The zero value is
@@ -175,4 +175,9 @@ func (p *macPool) sum(out []byte, a, b []byte) {
 type Scratch struct {
 	buf []byte
 	ivs *ivBatch
+	// The column key of the last blind index, which the next one most
+	// likely shares: no map lookup of its domain.
+	idxKey    *hashKey
+	idxDomain string
+	idxMAC    *macPool
 }

@@ -99,8 +99,17 @@ func (h *hashKey) column(domain string) *macPool {
 }
 
 func (h *hashKey) appendIndex(dst []byte, domain string, plain []byte, sc *Scratch) []byte {
+	var mac *macPool
+	if sc != nil && sc.idxKey == h && sc.idxDomain == domain {
+		mac = sc.idxMAC // a session looks up one column after another
+	} else {
+		mac = h.column(domain)
+		if sc != nil {
+			sc.idxKey, sc.idxDomain, sc.idxMAC = h, domain, mac
+		}
+	}
 	var sum [sha256.Size]byte
-	h.column(domain).sum(sum[:], plain, nil)
+	mac.sum(sum[:], plain, nil)
 	return hex.AppendEncode(dst, sum[:])
 }
 
