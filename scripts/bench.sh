@@ -23,6 +23,8 @@
 #   BENCH_DURATION        seconds per pgbench -S run (default 10)
 #   BENCH_ROUNDS          interleaved rounds (default 3)
 #   BENCH_OLTP_DURATION   seconds per encrypted OLTP run (default 5)
+#   BENCH_OLTP_ROUNDS     interleaved rounds of the OLTP runs (default 5:
+#                         short runs, whose medians need more of them)
 #   BENCH_OLTP_USERS      users in the OLTP tables (default 100000)
 #   BENCH_BULK_ROWS       rows of the bulk read (default 200000)
 #   BENCH_BACKFILL_ROWS   rows of the backfill table (default 1000000)
@@ -42,6 +44,7 @@ OUT=${BENCH_OUT:-$ROOT/docs/BENCHMARKS.md}
 DURATION=${BENCH_DURATION:-10}
 ROUNDS=${BENCH_ROUNDS:-3}
 OLTP_DURATION=${BENCH_OLTP_DURATION:-5}
+OLTP_ROUNDS=${BENCH_OLTP_ROUNDS:-5}
 OLTP_USERS=${BENCH_OLTP_USERS:-100000}
 BULK_ROWS=${BENCH_BULK_ROWS:-200000}
 BACKFILL_ROWS=${BENCH_BACKFILL_ROWS:-1000000}
@@ -302,6 +305,13 @@ for db in "$DB_PLAIN" "$DB_ENC"; do
 	$run "$db" -c "COPY tasks (user_id, title, description) FROM STDIN" <"$WORK/tasks.tsv"
 	psql_direct "$db" -c "VACUUM ANALYZE users" -c "VACUUM ANALYZE tasks"
 done
+# The reference for the encrypted OLTP runs (scripts/bench/shape_*.sql): a
+# copy of the encrypted users table, the same tokens, with keys pgbench can
+# spell in place of the blind index.
+psql_direct "$DB_ENC" -c "CREATE TABLE users_shape (LIKE users INCLUDING ALL)" \
+	-c "INSERT INTO users_shape SELECT id, email, '3f9a1c0d5e7b2a4f6c8e0d1b3a5c7e9f1d3b5a7c9e1f3d5b7' || id, full_name, phone, created_at FROM users" \
+	-c "VACUUM ANALYZE users_shape"
+
 # Sanity: the encrypted copy holds tokens and reads back as plaintext.
 stored=$(psql_direct "$DB_ENC" -Atc "SELECT count(*) FILTER (WHERE email LIKE 'gAAAAA%' AND full_name LIKE 'gAAAAA%' AND phone LIKE 'gAAAAA%' AND length(email_hash) = 64) || '/' || count(*) FROM users")
 fact sanity_users_tokens "$stored"
@@ -429,7 +439,7 @@ wait "$RELAY_G_PID" "$RELAY_E_PID" "$VEIL_G_PID" 2>/dev/null || true
 # ---------------------------------------------------------------------------
 # 3. Encrypted OLTP: pgveil + encrypted schema vs PgBouncer + plaintext schema
 
-log "encrypted OLTP, $OLTP_DURATION s per run, $ROUNDS rounds"
+log "encrypted OLTP, $OLTP_DURATION s per run, $OLTP_ROUNDS rounds"
 # pgveil starts each protocol mode's block fresh, with an empty plan cache:
 # the simple-protocol statements, their literals normalized to $n, must not
 # meet the prepared ones in the cache (the probe below records whether they
@@ -437,11 +447,15 @@ log "encrypted OLTP, $OLTP_DURATION s per run, $ROUNDS rounds"
 for mode in simple prepared; do
 	stop_pgveil
 	start_pgveil
-	for round in $(seq "$ROUNDS"); do
+	for round in $(seq "$OLTP_ROUNDS"); do
 		for script in lookup insert; do
 			args=(-c "$CLIENTS" -j "$THREADS" -T "$OLTP_DURATION" -M "$mode" -D "users=$OLTP_USERS" -f "scripts/bench/${script}_$mode.sql")
 			run_pgbench oltp "$script/$mode" pgbouncer "$round" "$BOUNCER_PORT" "$DB_PLAIN" "$BOUNCER_PID" "${args[@]}"
 			run_pgbench oltp "$script/$mode" pgveil "$round" "$PGVEIL_PORT" "$DB_ENC" "$PGVEIL_PID" "${args[@]}"
+			if [ "$mode" = simple ]; then
+				run_pgbench oltp "$script/$mode" pgbouncer-shape "$round" "$BOUNCER_PORT" "$DB_ENC" "$BOUNCER_PID" \
+					-c "$CLIENTS" -j "$THREADS" -T "$OLTP_DURATION" -M simple -D "users=$OLTP_USERS" -f "scripts/bench/shape_${script}_simple.sql"
+			fi
 		done
 	done
 	profile "$PGVEIL_PID" "oltp-$mode" "pgveil, encrypted OLTP -M $mode (lookup and insert scripts mixed)" \
@@ -583,6 +597,7 @@ fact runtime_seconds "$(($(date +%s) - START_EPOCH))"
 fact clk_tck "$CLK_TCK"
 fact duration "$DURATION"
 fact oltp_duration "$OLTP_DURATION"
+fact oltp_rounds "$OLTP_ROUNDS"
 fact oltp_users "$OLTP_USERS"
 fact rounds "$ROUNDS"
 fact clients "$CLIENTS"

@@ -207,7 +207,8 @@ def main():
     out.append("")
 
     # -- encrypted OLTP ------------------------------------------------------
-    out.append(f"## 3. Encrypted OLTP: pgbench custom scripts, `-T {facts.get('oltp_duration')}`\n")
+    out.append(f"## 3. Encrypted OLTP: pgbench custom scripts, `-T {facts.get('oltp_duration')}`, "
+               f"{facts.get('oltp_rounds', facts.get('rounds'))} interleaved rounds\n")
     out.append(
         f"`users` holds {fmt(num(facts.get('oltp_users', '0')))} rows in two databases: encrypted "
         "(email, full_name, phone as Fernet tokens, `email_hash` blind index with the unique constraint; "
@@ -239,6 +240,20 @@ def main():
                    f"| {fmt(us_per_tx(('oltp', group, 'pgbouncer')), 1)} | {fmt(us_per_tx(('oltp', group, 'pgveil')), 1)} "
                    f"| {per_round(('oltp', group, 'pgbouncer'))}; {per_round(('oltp', group, 'pgveil'))} |")
     out.append("")
+    shape = []
+    for group in ("lookup/simple", "insert/simple"):
+        b = tps_med(("oltp", group, "pgbouncer"))
+        r = tps_med(("oltp", group, "pgbouncer-shape"))
+        v = tps_med(("oltp", group, "pgveil"))
+        if r is not None:
+            shape.append(f"{group.split('/')[0]} {fmt(r)} tps, {fmt(ratio(r, b), 2)} of plaintext "
+                         f"(pgveil: {fmt(ratio(v, r), 2)} of it)")
+    if shape:
+        out.append("Reference, interleaved with the simple-protocol rounds: PgBouncer on `users_shape`, a copy of "
+                   "the encrypted table (the same tokens) whose blind index is replaced by keys pgbench can "
+                   "spell, running the statements pgveil sends (`scripts/bench/shape_*_simple.sql`) with no "
+                   "cryptography: what the encrypted rows alone cost PostgreSQL, the ceiling for any proxy. "
+                   + "; ".join(shape) + ".\n")
     out.append("pgveil is restarted before each protocol mode's block, so each starts with an empty plan "
                "cache. After the block, one pgveil serves the lookup as an inlined literal, then as a "
                f"prepared statement, then inlined again: **{facts.get('oltp_mixed_probe', 'not run')}**.\n")
