@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -248,10 +249,9 @@ func cstring(b []byte) (string, []byte, bool) {
 
 // cstringBytes is cstring without the string allocation.
 func cstringBytes(b []byte) ([]byte, []byte, bool) {
-	for i, c := range b {
-		if c == 0 {
-			return b[:i], b[i+1:], true
-		}
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return nil, nil, false
 	}
-	return nil, nil, false
+	return b[:i], b[i+1:], true
 }

@@ -139,3 +139,42 @@ func checkMemo(t *testing.T, rw *Rewriter, a, b string) {
 		}
 	}
 }
+
+// scanQuotedByByte is scanQuoted as the byte-at-a-time loop it replaced.
+func scanQuotedByByte(s string, i int, backslash bool) (int, tokKind) {
+	i++
+	for i < len(s) {
+		switch s[i] {
+		case '\\':
+			if backslash {
+				i += 2
+				continue
+			}
+		case '\'':
+			if i+1 < len(s) && s[i+1] == '\'' {
+				i += 2
+				continue
+			}
+			return i + 1, tkString
+		}
+		i++
+	}
+	return len(s), tkBadString
+}
+
+// FuzzScanQuoted: scanQuoted's skipping to the next quote or backslash
+// ends every string where the byte-at-a-time scan does.
+func FuzzScanQuoted(f *testing.F) {
+	for _, s := range []string{`'abc'`, `'it''s'`, `'a\'b'`, `'a\\'`, `'unterminated`, `''''`, `'\`, `'x''`} {
+		f.Add(s, false)
+		f.Add(s, true)
+	}
+	f.Fuzz(func(t *testing.T, s string, backslash bool) {
+		s = "'" + s
+		i, k := scanQuoted(s, 0, backslash)
+		j, l := scanQuotedByByte(s, 0, backslash)
+		if i != j || k != l {
+			t.Fatalf("scanQuoted(%q, %v) = %d %v, byte by byte %d %v", s, backslash, i, k, j, l)
+		}
+	})
+}

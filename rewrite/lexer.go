@@ -197,6 +197,18 @@ func (l *lexer) next() token {
 func scanQuoted(s string, i int, backslash bool) (int, tokKind) {
 	i++
 	for i < len(s) {
+		// Jump to the next byte that can end or escape the string
+		// (literals of encrypted values run to a hundred bytes and more).
+		var j int
+		if backslash {
+			j = strings.IndexAny(s[i:], `'\`)
+		} else {
+			j = strings.IndexByte(s[i:], '\'')
+		}
+		if j < 0 {
+			break
+		}
+		i += j
 		switch s[i] {
 		case '\\':
 			if backslash {
