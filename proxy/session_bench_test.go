@@ -126,11 +126,17 @@ var (
 
 const benchSelect = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
 
+// pgbenchSimple is one pgbench -S -M simple transaction.
+func pgbenchSimple(b *testing.B) (client, server []byte) {
+	client = encodeAll(b, &pgproto3.Query{String: "SELECT abalance FROM pgbench_accounts WHERE aid = 81237;"})
+	server = encodeAll(b, benchAccountsRow, &pgproto3.DataRow{Values: [][]byte{[]byte("0")}},
+		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+	return client, server
+}
+
 func BenchmarkSessionPgbenchSimple(b *testing.B) {
 	s, _ := benchSession(b)
-	client := encodeAll(b, &pgproto3.Query{String: "SELECT abalance FROM pgbench_accounts WHERE aid = 81237;"})
-	server := encodeAll(b, benchAccountsRow, &pgproto3.DataRow{Values: [][]byte{[]byte("0")}},
-		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+	client, server := pgbenchSimple(b)
 	s.runBench(b, client, server, false)
 }
 
@@ -185,11 +191,17 @@ func benchUserRow(b *testing.B, kr *keyring.Keyring) *pgproto3.DataRow {
 	return &pgproto3.DataRow{Values: vals}
 }
 
+// lookupSimple is the encrypted lookup of make bench, literal inlined.
+func lookupSimple(b *testing.B, kr *keyring.Keyring) (client, server []byte) {
+	client = encodeAll(b, &pgproto3.Query{String: "SELECT email, full_name, phone FROM users WHERE email = 'u4242@example.com';"})
+	server = encodeAll(b, benchUsersRow, benchUserRow(b, kr),
+		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+	return client, server
+}
+
 func BenchmarkSessionEncryptedLookupSimple(b *testing.B) {
 	s, kr := benchSession(b)
-	client := encodeAll(b, &pgproto3.Query{String: "SELECT email, full_name, phone FROM users WHERE email = 'u4242@example.com';"})
-	server := encodeAll(b, benchUsersRow, benchUserRow(b, kr),
-		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+	client, server := lookupSimple(b, kr)
 	s.runBench(b, client, server, false)
 }
 
@@ -248,6 +260,18 @@ func thrash() {
 func BenchmarkSessionColdInsertSimple(b *testing.B) {
 	s, _ := benchSession(b)
 	client, server := insertSimple(b)
+	s.runBench(b, client, server, true)
+}
+
+func BenchmarkSessionColdPgbenchSimple(b *testing.B) {
+	s, _ := benchSession(b)
+	client, server := pgbenchSimple(b)
+	s.runBench(b, client, server, true)
+}
+
+func BenchmarkSessionColdLookupSimple(b *testing.B) {
+	s, kr := benchSession(b)
+	client, server := lookupSimple(b, kr)
 	s.runBench(b, client, server, true)
 }
 
