@@ -84,10 +84,12 @@
 // decoded but left unchanged go out from the read buffer; the session owns
 // the scratch memory of its plan lookups (rewrite.Scratch, which also
 // remembers the last statement's shape so the same text with other
-// constants skips the lexer) and of its tokens and HMACs
-// (keyring.Scratch); the fields every statement uses are laid out together
-// (Session); duration metrics are batched per session (timings.go) and
-// read from the TSC where the kernel keeps time with it (clock.go). The
+// constants skips the lexer) and of its tokens (keyring.Scratch, which
+// also remembers the last column key); HMACs start from each key's
+// precomputed SHA-256 states; the fields every statement uses are laid out
+// together (Session); duration metrics are batched per session
+// (timings.go) and, like the tokens' timestamps, read from the TSC where
+// the kernel keeps time with it (clock.go). The
 // session benchmarks (session_bench_test.go) run a statement's messages
 // through the handlers, warm and with the caches evicted first.
 //
