@@ -93,9 +93,9 @@ type Metrics struct {
 	rejections       *prometheus.CounterVec
 	upstreamErrors   *prometheus.CounterVec
 	planCache        *prometheus.CounterVec
-	overhead         prometheus.Histogram
-	upstreamWait     prometheus.Histogram
-	statement        prometheus.Histogram
+	overhead         *durationHistogram // per statement: filled in batches (timings)
+	upstreamWait     *durationHistogram
+	statement        *durationHistogram
 	decryptions      *prometheus.CounterVec
 	reloads          *prometheus.CounterVec
 	draining         prometheus.Gauge
@@ -141,21 +141,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "pgveil_plan_cache_lookups_total",
 			Help: "Rewrite plan cache lookups, by result.",
 		}, []string{"result"}),
-		overhead: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "pgveil_proxy_overhead_seconds",
-			Help:    "Time pgveil spent on a statement apart from waiting on PostgreSQL (parsing, rewriting, encrypting, decrypting).",
-			Buckets: overheadBuckets,
-		}),
-		upstreamWait: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "pgveil_upstream_wait_seconds",
-			Help:    "Time a statement spent waiting on PostgreSQL.",
-			Buckets: latencyBuckets,
-		}),
-		statement: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "pgveil_statement_duration_seconds",
-			Help:    "Time from a statement reaching pgveil to its last reply leaving pgveil, as the client sees it.",
-			Buckets: latencyBuckets,
-		}),
+		overhead: newDurationHistogram("pgveil_proxy_overhead_seconds",
+			"Time pgveil spent on a statement apart from waiting on PostgreSQL (parsing, rewriting, encrypting, decrypting).",
+			overheadBuckets),
+		upstreamWait: newDurationHistogram("pgveil_upstream_wait_seconds",
+			"Time a statement spent waiting on PostgreSQL.", latencyBuckets),
+		statement: newDurationHistogram("pgveil_statement_duration_seconds",
+			"Time from a statement reaching pgveil to its last reply leaving pgveil, as the client sees it.",
+			latencyBuckets),
 		decryptions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgveil_decryptions_total",
 			Help: "Values decrypted, by the fingerprint of the key that opened them; a fallback key whose series stops growing can be retired.",
@@ -294,7 +287,7 @@ func (m *Metrics) ObserveOverhead(d time.Duration) {
 	if m == nil {
 		return
 	}
-	m.overhead.Observe(d.Seconds())
+	m.overhead.Observe(d)
 }
 
 // ObserveUpstreamWait records the time one statement waited on Postgres.
@@ -302,7 +295,7 @@ func (m *Metrics) ObserveUpstreamWait(d time.Duration) {
 	if m == nil {
 		return
 	}
-	m.upstreamWait.Observe(d.Seconds())
+	m.upstreamWait.Observe(d)
 }
 
 // ObserveStatement records the time one statement took as the client sees
@@ -311,7 +304,32 @@ func (m *Metrics) ObserveStatement(d time.Duration) {
 	if m == nil {
 		return
 	}
-	m.statement.Observe(d.Seconds())
+	m.statement.Observe(d)
+}
+
+// statementBatch is a session's statement durations not yet published.
+type statementBatch struct {
+	statement, overhead, upstreamWait histBatch
+}
+
+// observe counts one statement into b; m may be nil.
+func (b *statementBatch) observe(m *Metrics, total, overhead time.Duration) {
+	if m == nil {
+		return
+	}
+	b.statement.observe(m.statement, total)
+	b.overhead.observe(m.overhead, overhead)
+	b.upstreamWait.observe(m.upstreamWait, total-overhead)
+}
+
+// addStatements publishes a session's batch and empties it.
+func (m *Metrics) addStatements(b *statementBatch) {
+	if m == nil {
+		return
+	}
+	m.statement.add(&b.statement)
+	m.overhead.add(&b.overhead)
+	m.upstreamWait.add(&b.upstreamWait)
 }
 
 // InitKeys creates pgveil_decryptions_total{key=fp} at zero for each key

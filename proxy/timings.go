@@ -18,16 +18,17 @@ const timingBatch = 32
 // encryption counters that go with them. Published one at a time, they
 // cost a statement more than the rest of its bookkeeping: the histograms'
 // memory is shared by every session and cold by the time a session's next
-// statement comes. A batch touches it once. Scrapes publish every session's
-// batch first (Server.Gatherer), so /metrics is always whole.
+// statement comes. A batch touches it once. The statement durations are
+// counted straight into per-session buckets (statementBatch, histogram.go);
+// the encryption durations are kept as they come. Scrapes publish every
+// session's batch first (Server.Gatherer), so /metrics is always whole.
 type timings struct {
-	mu   sync.Mutex
-	stmt []stmtTiming
-	enc  []cryptoTiming
-	dec  []cryptoTiming
+	mu    sync.Mutex
+	stmt  statementBatch
+	nStmt int
+	enc   []cryptoTiming
+	dec   []cryptoTiming
 }
-
-type stmtTiming struct{ total, overhead time.Duration }
 
 type cryptoTiming struct {
 	n, failed int
@@ -36,8 +37,9 @@ type cryptoTiming struct {
 
 func (t *timings) statement(srv *Server, total, overhead time.Duration) {
 	t.mu.Lock()
-	t.stmt = append(t.stmt, stmtTiming{total, overhead})
-	t.publishIfFull(srv, len(t.stmt))
+	t.stmt.observe(srv.Metrics, total, overhead)
+	t.nStmt++
+	t.publishIfFull(srv, t.nStmt)
 	t.mu.Unlock()
 }
 
@@ -68,19 +70,16 @@ func (t *timings) publish(srv *Server) {
 }
 
 func (t *timings) publishLocked(srv *Server) {
-	m, km := srv.Metrics, srv.KeyMetrics
-	for _, x := range t.stmt {
-		m.ObserveStatement(x.total)
-		m.ObserveOverhead(x.overhead)
-		m.ObserveUpstreamWait(x.total - x.overhead)
-	}
+	km := srv.KeyMetrics
+	srv.Metrics.addStatements(&t.stmt)
+	t.nStmt = 0
 	for _, x := range t.enc {
 		km.ObserveEncrypt(x.n, x.failed, x.d)
 	}
 	for _, x := range t.dec {
 		km.ObserveDecrypt(x.n, x.failed, x.d)
 	}
-	t.stmt, t.enc, t.dec = t.stmt[:0], t.enc[:0], t.dec[:0]
+	t.enc, t.dec = t.enc[:0], t.dec[:0]
 }
 
 // PublishTimings publishes what every session has batched (see timings).
