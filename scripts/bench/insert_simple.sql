@@ -1,4 +1,6 @@
 -- Encrypted OLTP, simple protocol: insert a user, three encrypted columns
 -- (one searchable: pgveil also fills its blind index).
-\set id random(10000000, 999999999999)
+-- 16-digit ids: a run of all rounds inserts about a million rows, which
+-- would meet a duplicate in a range of 10^12 about once in ten runs.
+\set id random(1000000000000000, 9999999999999999)
 INSERT INTO users (email, full_name, phone) VALUES ('b:id@example.com', 'Bench User :id', '+1-555-:id');
