@@ -97,13 +97,19 @@ func (h *durationHistogram) Collect(ch chan<- prometheus.Metric) {
 // histBatch is an array, so it lives in the session without an allocation).
 const maxHistBuckets = 24
 
-// histBatch is observations not yet added to a durationHistogram.
+// histBatch is observations not yet added to a durationHistogram: at most
+// timingBatch of them (timings publishes a full batch), so a byte counts a
+// bucket and a session's three batches share two cache lines.
 type histBatch struct {
-	counts [maxHistBuckets]uint32
+	counts [maxHistBuckets]uint8
+	n      uint8
 	sum    time.Duration
-	n      uint32
 }
 
+// A batch's counts must hold timingBatch observations.
+var _ [255 - timingBatch]struct{}
+
+// observe counts d; the caller adds the batch to h before it holds 255.
 func (b *histBatch) observe(h *durationHistogram, d time.Duration) {
 	b.counts[h.bucket(d)]++
 	b.sum += d
