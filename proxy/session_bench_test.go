@@ -255,34 +255,23 @@ func thrash() {
 	}
 }
 
-// The Cold benchmarks are their namesakes with the data caches evicted
-// before each statement.
-func BenchmarkSessionColdInsertSimple(b *testing.B) {
-	s, _ := benchSession(b)
-	client, server := insertSimple(b)
-	s.runBench(b, client, server, true)
-}
-
-func BenchmarkSessionColdPgbenchSimple(b *testing.B) {
-	s, _ := benchSession(b)
-	client, server := pgbenchSimple(b)
-	s.runBench(b, client, server, true)
-}
-
-func BenchmarkSessionColdLookupSimple(b *testing.B) {
-	s, kr := benchSession(b)
-	client, server := lookupSimple(b, kr)
-	s.runBench(b, client, server, true)
-}
-
-func BenchmarkSessionColdPgbenchExtended(b *testing.B) {
-	s, _ := benchSession(b)
-	client, server := pgbenchExtended(b)
-	s.runBench(b, client, server, true)
-}
-
-func BenchmarkSessionColdLookupPrepared(b *testing.B) {
-	s, kr := benchSession(b)
-	client, server := s.lookupPrepared(b, kr)
-	s.runBench(b, client, server, true)
+// BenchmarkSessionCold runs scenarios of the benchmarks above with the
+// data caches evicted before each statement.
+func BenchmarkSessionCold(b *testing.B) {
+	for _, c := range []struct {
+		name     string
+		scenario func(*testing.B, *Session, *keyring.Keyring) (client, server []byte)
+	}{
+		{"PgbenchSimple", func(b *testing.B, _ *Session, _ *keyring.Keyring) ([]byte, []byte) { return pgbenchSimple(b) }},
+		{"PgbenchExtended", func(b *testing.B, _ *Session, _ *keyring.Keyring) ([]byte, []byte) { return pgbenchExtended(b) }},
+		{"LookupSimple", func(b *testing.B, _ *Session, kr *keyring.Keyring) ([]byte, []byte) { return lookupSimple(b, kr) }},
+		{"LookupPrepared", func(b *testing.B, s *Session, kr *keyring.Keyring) ([]byte, []byte) { return s.lookupPrepared(b, kr) }},
+		{"InsertSimple", func(b *testing.B, _ *Session, _ *keyring.Keyring) ([]byte, []byte) { return insertSimple(b) }},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			s, kr := benchSession(b)
+			client, server := c.scenario(b, s, kr)
+			s.runBench(b, client, server, true)
+		})
+	}
 }
