@@ -21,7 +21,7 @@
 #                         created and dropped
 #   BENCH_OUT             output file (default docs/BENCHMARKS.md)
 #   BENCH_DURATION        seconds per pgbench -S run (default 10)
-#   BENCH_ROUNDS          interleaved rounds (default 3)
+#   BENCH_ROUNDS          interleaved rounds (default 5)
 #   BENCH_OLTP_DURATION   seconds per encrypted OLTP run (default 5)
 #   BENCH_OLTP_ROUNDS     interleaved rounds of the OLTP runs (default 5:
 #                         short runs, whose medians need more of them)
@@ -42,7 +42,7 @@ PGBOUNCER=${PGBOUNCER:-/usr/sbin/pgbouncer}
 PYTHON=${PYTHON:-/usr/bin/python3}
 OUT=${BENCH_OUT:-$ROOT/docs/BENCHMARKS.md}
 DURATION=${BENCH_DURATION:-10}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
 OLTP_DURATION=${BENCH_OLTP_DURATION:-5}
 OLTP_ROUNDS=${BENCH_OLTP_ROUNDS:-5}
 OLTP_USERS=${BENCH_OLTP_USERS:-100000}
@@ -177,6 +177,7 @@ fsync = off
 synchronous_commit = off
 full_page_writes = off
 max_wal_size = 4GB
+checkpoint_timeout = 1h
 EOF
 	touch "$WORK/postgres.log"
 	[ "$(id -u)" = 0 ] && chown postgres "$WORK/postgres.log"
@@ -332,6 +333,36 @@ EOF
 done
 
 # ---------------------------------------------------------------------------
+# Quiet between runs
+#
+# A run must not pay for the one before it. Left alone, PostgreSQL vacuums a
+# table some time after a run inserted into it (autovacuum looks at each
+# database once a minute) and writes dirty buffers out at a checkpoint every
+# few minutes; on two cores either takes a share of the CPU from whichever
+# run it lands in, by chance one target's more than the other's. So the
+# tables the runs write do not autovacuum; the runner vacuums the table a run
+# wrote and checkpoints before the next run, outside the measured time (a
+# throwaway cluster also checkpoints only when asked: checkpoint_timeout 1h).
+
+# no_autovacuum DB TABLE...
+no_autovacuum() {
+	local db=$1 t
+	shift
+	for t in "$@"; do
+		psql_direct "$db" -c "ALTER TABLE $t SET (autovacuum_enabled = off, toast.autovacuum_enabled = off)" >/dev/null
+	done
+}
+
+# quiesce [DB TABLE]: VACUUM the table the last run wrote, then CHECKPOINT
+# (best effort: with DATABASE_URL the role may lack the right).
+quiesce() {
+	if [ $# -ge 2 ]; then
+		psql_direct "$1" -c "VACUUM $2" >/dev/null 2>&1 || true
+	fi
+	psql_admin -c "CHECKPOINT" >/dev/null 2>&1 || true
+}
+
+# ---------------------------------------------------------------------------
 # pgbench runner
 
 # run_pgbench SECTION GROUP TARGET ROUND PORT DB PROXY_PID ARGS...: one run,
@@ -383,6 +414,10 @@ profile() {
 
 # ---------------------------------------------------------------------------
 # 2. pgbench -S: direct, PgBouncer, pgveil, interleaved
+
+no_autovacuum "$DB_PLAIN" users tasks
+no_autovacuum "$DB_ENC" users tasks users_shape
+quiesce
 
 log "pgbench -S -c $CLIENTS -j $THREADS -T $DURATION, $ROUNDS rounds"
 for round in $(seq "$ROUNDS"); do
@@ -450,11 +485,16 @@ for mode in simple prepared; do
 	for round in $(seq "$OLTP_ROUNDS"); do
 		for script in lookup insert; do
 			args=(-c "$CLIENTS" -j "$THREADS" -T "$OLTP_DURATION" -M "$mode" -D "users=$OLTP_USERS" -f "scripts/bench/${script}_$mode.sql")
+			# Only the inserts write; each target's run is followed by
+			# the vacuum and checkpoint it caused (see quiesce).
 			run_pgbench oltp "$script/$mode" pgbouncer "$round" "$BOUNCER_PORT" "$DB_PLAIN" "$BOUNCER_PID" "${args[@]}"
+			if [ "$script" = insert ]; then quiesce "$DB_PLAIN" users; fi
 			run_pgbench oltp "$script/$mode" pgveil "$round" "$PGVEIL_PORT" "$DB_ENC" "$PGVEIL_PID" "${args[@]}"
+			if [ "$script" = insert ]; then quiesce "$DB_ENC" users; fi
 			if [ "$mode" = simple ]; then
 				run_pgbench oltp "$script/$mode" pgbouncer-shape "$round" "$BOUNCER_PORT" "$DB_ENC" "$BOUNCER_PID" \
 					-c "$CLIENTS" -j "$THREADS" -T "$OLTP_DURATION" -M simple -D "users=$OLTP_USERS" -f "scripts/bench/shape_${script}_simple.sql"
+				if [ "$script" = insert ]; then quiesce "$DB_ENC" users_shape; fi
 			fi
 		done
 	done
@@ -507,6 +547,7 @@ wait "$IDLE_PID" 2>/dev/null || true
 # 4. Bulk read (a fresh pgveil, so VmHWM is this section's peak)
 
 log "bulk read: $BULK_ROWS rows, two encrypted columns"
+quiesce
 stop_pgveil
 start_pgveil
 fact bulk_rows "$BULK_ROWS"
@@ -536,6 +577,7 @@ profile "$PGVEIL_PID" bulk-pgveil "pgveil, bulk read" psql_veil "$DB_ENC" -At -c
 # 5. Backfill vs the database's own UPDATE
 
 log "backfill: single UPDATE of $BACKFILL_ROWS rows (same columns, token-sized values)"
+quiesce
 psql_direct "$DB_BFU" -c "CHECKPOINT" >/dev/null
 # Fernet token length for n bytes of plaintext: 57 bytes of envelope plus
 # the ciphertext padded to 16, base64 with padding.
