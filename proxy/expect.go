@@ -53,6 +53,14 @@ type expectQueue struct {
 	// pushed and popped count entries ever added and removed: entry
 	// number n (counting from 1) has been answered once popped >= n.
 	pushed, popped uint64
+
+	// front is a copy of the oldest entry, taken by peek and dropped by
+	// pop. Only the server side peeks and pops, and an entry does not
+	// change once pushed, so the copy stays true until the server side
+	// itself pops it: the rows of a result, each of which peeks, take the
+	// lock once between them. [server]
+	front   expect
+	frontOK bool
 }
 
 // push appends an entry and returns its number; ok is false once the
@@ -77,17 +85,21 @@ func (q *expectQueue) answered(n uint64) bool {
 	return q.popped >= n
 }
 
-// peek returns the oldest entry without removing it.
+// peek returns the oldest entry without removing it. [server]
 func (q *expectQueue) peek() (expect, bool) {
+	if q.frontOK {
+		return q.front, true
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.head == len(q.items) {
 		return expect{}, false
 	}
-	return q.items[q.head], true
+	q.front, q.frontOK = q.items[q.head], true
+	return q.front, true
 }
 
-// pop removes and returns the oldest entry.
+// pop removes and returns the oldest entry. [server]
 func (q *expectQueue) pop() (expect, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -95,6 +107,7 @@ func (q *expectQueue) pop() (expect, bool) {
 }
 
 func (q *expectQueue) popLocked() (expect, bool) {
+	q.front, q.frontOK = expect{}, false
 	if q.head == len(q.items) {
 		return expect{}, false
 	}
@@ -111,10 +124,11 @@ func (q *expectQueue) popLocked() (expect, bool) {
 // popUntilSync removes the entries an extended-protocol error cancels: all
 // up to, not including, the next Sync. It reports whether any of them (or
 // the failing one) was the client's, i.e. whether the client must see the
-// error.
+// error. [server]
 func (q *expectQueue) popUntilSync() (clientOwned bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.front, q.frontOK = expect{}, false
 	for q.head < len(q.items) && q.items[q.head].kind != expSync {
 		if !q.items[q.head].drop {
 			clientOwned = true
