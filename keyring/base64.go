@@ -1,6 +1,9 @@
 package keyring
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"slices"
+)
 
 // Url-safe base64 for tokens, faster than encoding/base64 on the hot path:
 // every value read through pgveil is decoded once, every value written is
@@ -65,11 +68,7 @@ func appendDecodeBase64URL(dst, src []byte) (out []byte, ok bool) {
 	start := len(dst)
 	// Room for the 8-byte stores of two groups (6 bytes kept of each).
 	n := len(src) / 4 * 3
-	if cap(dst)-start < n+2 {
-		grown := make([]byte, start, start+n+2)
-		copy(grown, dst)
-		dst = grown
-	}
+	dst = slices.Grow(dst, n+2)
 	buf := dst[start : start+n+2]
 	w := 0
 	s := src
@@ -124,11 +123,7 @@ func appendDecodeBase64URL(dst, src []byte) (out []byte, ok bool) {
 func appendEncodeBase64URL(dst, src []byte) []byte {
 	start := len(dst)
 	n := (len(src) + 2) / 3 * 4
-	if cap(dst)-start < n {
-		grown := make([]byte, start, start+n)
-		copy(grown, dst)
-		dst = grown
-	}
+	dst = slices.Grow(dst, n)
 	buf := dst[start : start+n]
 	w := 0
 	s := src

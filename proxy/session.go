@@ -144,20 +144,64 @@ type parseMemo struct {
 type named[T any] struct {
 	unnamed *T
 	byName  map[string]*T
+	// recent remembers the last few names found, their bytes inline: a
+	// client executes the same few prepared statements over and over
+	// (pgbench and JDBC alternate two or three), and a map access with a
+	// string key costs several cache misses once the client and PostgreSQL
+	// have run in between, as much as the rest of a Bind's bookkeeping.
+	// Every change to byName forgets them.
+	recent     [4]namedHit[T]
+	recentNext uint8
+}
+
+// namedHit is one of named.recent; v == nil marks it empty.
+type namedHit[T any] struct {
+	v    *T
+	n    uint8
+	name [23]byte
 }
 
 func (n *named[T]) get(name string) *T {
 	if name == "" {
 		return n.unnamed
 	}
-	return n.byName[name]
+	for i := range n.recent {
+		if h := &n.recent[i]; h.v != nil && int(h.n) == len(name) && string(h.name[:h.n]) == name {
+			return h.v
+		}
+	}
+	v := n.byName[name]
+	n.remember(name, v)
+	return v
 }
 
 func (n *named[T]) getBytes(name []byte) *T {
 	if len(name) == 0 {
 		return n.unnamed
 	}
-	return n.byName[string(name)]
+	for i := range n.recent {
+		if h := &n.recent[i]; h.v != nil && int(h.n) == len(name) && string(h.name[:h.n]) == string(name) {
+			return h.v
+		}
+	}
+	v := n.byName[string(name)]
+	n.remember(string(name), v)
+	return v
+}
+
+func (n *named[T]) remember(name string, v *T) {
+	if v == nil || len(name) > len(namedHit[T]{}.name) {
+		return
+	}
+	h := &n.recent[n.recentNext%uint8(len(n.recent))]
+	n.recentNext++
+	h.v, h.n = v, uint8(copy(h.name[:], name))
+}
+
+func (n *named[T]) forget() {
+	if n.recent[0].v != nil || n.recent[1].v != nil || n.recent[2].v != nil || n.recent[3].v != nil {
+		n.recent = [len(n.recent)]namedHit[T]{}
+	}
 }
 
 func (n *named[T]) set(name string, v *T) {
@@ -165,6 +209,7 @@ func (n *named[T]) set(name string, v *T) {
 		n.unnamed = v
 		return
 	}
+	n.forget()
 	if n.byName == nil {
 		n.byName = map[string]*T{}
 	}
@@ -176,6 +221,7 @@ func (n *named[T]) del(name string) {
 		n.unnamed = nil
 		return
 	}
+	n.forget()
 	delete(n.byName, name)
 }
 
@@ -184,6 +230,7 @@ func (n *named[T]) named() int { return len(n.byName) }
 
 func (n *named[T]) clear() {
 	n.unnamed = nil
+	n.forget()
 	clear(n.byName)
 }
 

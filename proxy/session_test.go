@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -211,5 +212,54 @@ func TestShutdownDrainsIdle(t *testing.T) {
 	}
 	if srv.Ready(context.Background()) == nil {
 		t.Fatal("ready while drained")
+	}
+}
+
+// TestNamedRecent: the names remembered for fast lookups never outlive a
+// change to the map (a statement re-prepared under the same name, closed,
+// or every one discarded).
+func TestNamedRecent(t *testing.T) {
+	var n named[int]
+	one, two, three := 1, 2, 3
+	long := strings.Repeat("s", 40)
+	n.set("P_0", &one)
+	n.set(long, &three)
+	for range 3 {
+		if got := n.getBytes([]byte("P_0")); got != &one {
+			t.Fatalf("P_0: got %v", got)
+		}
+		if got := n.get(long); got != &three {
+			t.Fatalf("long name: got %v", got)
+		}
+	}
+	n.set("P_0", &two)
+	if got := n.get("P_0"); got != &two {
+		t.Fatalf("P_0 after re-prepare: got %v, want the new statement", got)
+	}
+	if got := n.getBytes([]byte("P_1")); got != nil {
+		t.Fatalf("P_1: got %v, want nil", got)
+	}
+	n.del("P_0")
+	if got := n.getBytes([]byte("P_0")); got != nil {
+		t.Fatalf("P_0 after Close: got %v, want nil", got)
+	}
+	n.set("P_0", &one)
+	_ = n.get("P_0")
+	n.clear()
+	if got := n.get("P_0"); got != nil {
+		t.Fatalf("P_0 after DISCARD ALL: got %v, want nil", got)
+	}
+	// More names than remembered: each is still found, the right one.
+	vals := make([]int, 10)
+	for i := range vals {
+		vals[i] = i
+		n.set(fmt.Sprint("S_", i), &vals[i])
+	}
+	for range 2 {
+		for i := range vals {
+			if got := n.get(fmt.Sprint("S_", i)); got != &vals[i] {
+				t.Fatalf("S_%d: got %v", i, got)
+			}
+		}
 	}
 }
