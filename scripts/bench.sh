@@ -577,6 +577,10 @@ profile "$PGVEIL_PID" bulk-pgveil "pgveil, bulk read" psql_veil "$DB_ENC" -At -c
 # 5. Backfill vs the database's own UPDATE
 
 log "backfill: single UPDATE of $BACKFILL_ROWS rows (same columns, token-sized values)"
+# The UPDATE leaves a million dead rows, whose autovacuum would land in the
+# backfill that follows; the backfill's own table vacuums as it would in
+# production, within its run.
+no_autovacuum "$DB_BFU" users
 quiesce
 psql_direct "$DB_BFU" -c "CHECKPOINT" >/dev/null
 # Fernet token length for n bytes of plaintext: 57 bytes of envelope plus
