@@ -66,7 +66,8 @@ func appendDecodeBase64URL(dst, src []byte) (out []byte, ok bool) {
 		return dst, false
 	}
 	start := len(dst)
-	// Room for the 8-byte stores of two groups (6 bytes kept of each).
+	// Two groups make one 8-byte store of which 6 bytes are kept: two
+	// bytes of room beyond the decoded length.
 	n := len(src) / 4 * 3
 	dst = slices.Grow(dst, n+2)
 	buf := dst[start : start+n+2]
