@@ -195,31 +195,53 @@ for db in $DB_PGBENCH $DB_ENC $DB_PLAIN $DB_BF $DB_BFU; do
 	psql_admin -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
 done
 
-log "starting PgBouncer (session mode)"
-BOUNCER_PORT=$(free_port)
-mkdir -p "$WORK/bouncer"
-printf '"%s" "%s"\n' "$PGUSER" "$PGPASSWORD" >"$WORK/userlist.txt"
-chmod 600 "$WORK/userlist.txt"
-cat >"$WORK/pgbouncer.ini" <<EOF
+log "starting PgBouncer (session mode), twice"
+# start_bouncer NAME PORT [SETTING...]: a PgBouncer in session mode with its
+# own directory; prints its pid.
+start_bouncer() {
+	local name=$1 port=$2 dir="$WORK/$1"
+	shift 2
+	mkdir -p "$dir"
+	{
+		cat <<EOF
 [databases]
 * = host=$PGHOST port=$PGPORT
 [pgbouncer]
 listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
+listen_port = $port
 unix_socket_dir =
 auth_type = trust
 auth_file = $WORK/userlist.txt
 pool_mode = session
 max_client_conn = 1000
 default_pool_size = 280
-logfile = $WORK/bouncer/pgbouncer.log
-pidfile = $WORK/bouncer/pgbouncer.pid
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
 ignore_startup_parameters = extra_float_digits,options
 EOF
-[ "$(id -u)" = 0 ] && chown -R postgres "$WORK/bouncer" "$WORK/userlist.txt" "$WORK/pgbouncer.ini"
-as_service_user "$PGBOUNCER" -d "$WORK/pgbouncer.ini"
-for _ in $(seq 100); do [ -s "$WORK/bouncer/pgbouncer.pid" ] && break; sleep 0.1; done
-BOUNCER_PID=$(cat "$WORK/bouncer/pgbouncer.pid")
+		printf '%s\n' "$@"
+	} >"$dir/pgbouncer.ini"
+	[ "$(id -u)" = 0 ] && chown -R postgres "$dir"
+	as_service_user "$PGBOUNCER" -d "$dir/pgbouncer.ini"
+	for _ in $(seq 100); do [ -s "$dir/pgbouncer.pid" ] && break; sleep 0.1; done
+	cat "$dir/pgbouncer.pid"
+}
+printf '"%s" "%s"\n' "$PGUSER" "$PGPASSWORD" >"$WORK/userlist.txt"
+chmod 600 "$WORK/userlist.txt"
+[ "$(id -u)" = 0 ] && chown postgres "$WORK/userlist.txt"
+# The PgBouncer of the comparisons, as configured out of the box: a client
+# that disconnects leaves its server connection in the pool, and the next
+# client (the next pgbench run) gets that backend, warm from the runs before.
+BOUNCER_PORT=$(free_port)
+BOUNCER_PID=$(start_bouncer bouncer "$BOUNCER_PORT")
+# A reference: the same PgBouncer with server_lifetime = 0 ("the connection
+# is to be used only once, then closed"), so that each client gets a backend
+# started for it, as pgveil, which passes authentication through to
+# PostgreSQL (SPEC §7) and so cannot hand a logged-in backend to another
+# client, and direct connections do. The two differ by the pool alone.
+BOUNCER1_PORT=$(free_port)
+BOUNCER1_PID=$(start_bouncer bouncer-1use "$BOUNCER1_PORT" "server_lifetime = 0")
+PIDS_TO_KILL+=("$BOUNCER1_PID")
 BOUNCER_VERSION=$("$PGBOUNCER" --version | head -1)
 
 log "starting pgveil"
@@ -426,6 +448,7 @@ for round in $(seq "$ROUNDS"); do
 		run_pgbench select "$mode" direct "$round" "$PGPORT" "$DB_PGBENCH" - "${args[@]}"
 		run_pgbench select "$mode" pgbouncer "$round" "$BOUNCER_PORT" "$DB_PGBENCH" "$BOUNCER_PID" "${args[@]}"
 		run_pgbench select "$mode" pgveil "$round" "$PGVEIL_PORT" "$DB_PGBENCH" "$PGVEIL_PID" "${args[@]}"
+		run_pgbench select "$mode" pgbouncer-1use "$round" "$BOUNCER1_PORT" "$DB_PGBENCH" "$BOUNCER1_PID" "${args[@]}"
 	done
 done
 
@@ -491,6 +514,8 @@ for mode in simple prepared; do
 			if [ "$script" = insert ]; then quiesce "$DB_PLAIN" users; fi
 			run_pgbench oltp "$script/$mode" pgveil "$round" "$PGVEIL_PORT" "$DB_ENC" "$PGVEIL_PID" "${args[@]}"
 			if [ "$script" = insert ]; then quiesce "$DB_ENC" users; fi
+			run_pgbench oltp "$script/$mode" pgbouncer-1use "$round" "$BOUNCER1_PORT" "$DB_PLAIN" "$BOUNCER1_PID" "${args[@]}"
+			if [ "$script" = insert ]; then quiesce "$DB_PLAIN" users; fi
 			if [ "$mode" = simple ]; then
 				run_pgbench oltp "$script/$mode" pgbouncer-shape "$round" "$BOUNCER_PORT" "$DB_ENC" "$BOUNCER_PID" \
 					-c "$CLIENTS" -j "$THREADS" -T "$OLTP_DURATION" -M simple -D "users=$OLTP_USERS" -f "scripts/bench/shape_${script}_simple.sql"

@@ -25,9 +25,11 @@ and measures, in that one run:
 
 1. plain traffic: `pgbench -S` in each protocol mode against Postgres
    directly, through PgBouncer and through pgveil, interleaved (for each
-   round and mode: direct, PgBouncer, pgveil), medians over the rounds, and
-   the proxies' CPU time per transaction (utime + stime from `/proc/PID/stat`
-   before and after each run, divided by the transactions);
+   round and mode: direct, PgBouncer, pgveil, and for reference a second
+   PgBouncer that gives each client a backend of its own, as pgveil does),
+   medians over the rounds, and the proxies' CPU time per transaction
+   (utime + stime from `/proc/PID/stat` before and after each run, divided
+   by the transactions);
 2. pgveil's resident memory with idle clients connected;
 3. encrypted OLTP: pgbench custom scripts through pgveil on an encrypted
    schema against the same scripts through PgBouncer on a plaintext copy;
@@ -150,10 +152,18 @@ def main():
 
     # -- plain traffic -------------------------------------------------------
     out.append(f"## 1. Plain traffic: `pgbench -S -T {facts.get('duration')}`\n")
-    out.append("Medians of the rounds. CPU is the proxy process's utime + stime per transaction.\n")
+    out.append("Medians of the rounds. CPU is the proxy process's utime + stime per transaction. "
+               "PgBouncer is configured as it comes: a client that disconnects leaves its server connection "
+               "in the pool, so each pgbench run gets the backends the runs before it warmed. pgveil passes "
+               "authentication through to PostgreSQL (SPEC §7), so it cannot hand a logged-in backend to "
+               "another client: like a direct connection, each client gets a backend started for it. The "
+               "reference column is the same PgBouncer with `server_lifetime = 0` (each server connection "
+               "used once, then closed): a backend per client too, so it differs from the first by the "
+               "pool alone, and from pgveil by the proxy alone.\n")
     out.append("| mode | direct tps | PgBouncer tps | pgveil tps | pgveil / PgBouncer | pgveil / direct "
-               "| PgBouncer / direct | PgBouncer CPU µs/tx | pgveil CPU µs/tx |")
-    out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+               "| PgBouncer / direct | PgBouncer CPU µs/tx | pgveil CPU µs/tx "
+               "| reference: PgBouncer, a backend per client, tps | pgveil / it | its CPU µs/tx |")
+    out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     thr_ok, cpu_ok = [], []
     for mode in ("simple", "extended", "prepared"):
         d = tps_med(("select", mode, "direct"))
@@ -167,14 +177,16 @@ def main():
             thr_ok.append(v >= b)
         if vu is not None and bu is not None:
             cpu_ok.append(vu <= bu)
+        b1 = tps_med(("select", mode, "pgbouncer-1use"))
         out.append(f"| {mode} | {fmt(d)} | {fmt(b)} | {fmt(v)} | {fmt(ratio(v, b), 2)} | {fmt(ratio(v, d), 2)} "
-                   f"| {fmt(ratio(b, d), 2)} | {fmt(bu, 1)} | {fmt(vu, 1)} |")
+                   f"| {fmt(ratio(b, d), 2)} | {fmt(bu, 1)} | {fmt(vu, 1)} "
+                   f"| {fmt(b1)} | {fmt(ratio(v, b1), 2)} | {fmt(us_per_tx(('select', mode, 'pgbouncer-1use')), 1)} |")
     out.append("")
     out.append("Every run (tps, round 1 / 2 / ...):\n")
-    out.append("| mode | direct | PgBouncer | pgveil |\n|---|---|---|---|")
+    out.append("| mode | direct | PgBouncer | pgveil | PgBouncer, a backend per client |\n|---|---|---|---|---|")
     for mode in ("simple", "extended", "prepared"):
         out.append(f"| {mode} | {per_round(('select', mode, 'direct'))} | {per_round(('select', mode, 'pgbouncer'))} "
-                   f"| {per_round(('select', mode, 'pgveil'))} |")
+                   f"| {per_round(('select', mode, 'pgveil'))} | {per_round(('select', mode, 'pgbouncer-1use'))} |")
     out.append("")
 
     # -- reference relays ----------------------------------------------------
@@ -230,8 +242,9 @@ def main():
                "throughput of both and dilutes the ratio; the CPU per transaction shows pgveil's own "
                "cost better.\n")
     out.append("| script | PgBouncer + plaintext tps | pgveil + encryption tps | ratio | PgBouncer CPU µs/tx "
-               "| pgveil CPU µs/tx | runs (PgBouncer; pgveil) |")
-    out.append("|---|--:|--:|--:|--:|--:|---|")
+               "| pgveil CPU µs/tx | runs (PgBouncer; pgveil) "
+               "| reference: PgBouncer, a backend per client, + plaintext tps | pgveil / it |")
+    out.append("|---|--:|--:|--:|--:|--:|---|--:|--:|")
     oltp_ok = []
     for group in ("lookup/simple", "insert/simple", "lookup/prepared", "insert/prepared"):
         b = tps_med(("oltp", group, "pgbouncer"))
@@ -242,7 +255,9 @@ def main():
             oltp_ok.append(v >= 0.9 * b)
         out.append(f"| {group} | {fmt(b)} | {fmt(v)} | {fmt(ratio(v, b), 2)} "
                    f"| {fmt(us_per_tx(('oltp', group, 'pgbouncer')), 1)} | {fmt(us_per_tx(('oltp', group, 'pgveil')), 1)} "
-                   f"| {per_round(('oltp', group, 'pgbouncer'))}; {per_round(('oltp', group, 'pgveil'))} |")
+                   f"| {per_round(('oltp', group, 'pgbouncer'))}; {per_round(('oltp', group, 'pgveil'))} "
+                   f"| {fmt(tps_med(('oltp', group, 'pgbouncer-1use')))} "
+                   f"| {fmt(ratio(v, tps_med(('oltp', group, 'pgbouncer-1use'))), 2)} |")
     out.append("")
     shape = []
     for group in ("lookup/simple", "insert/simple"):
@@ -339,6 +354,10 @@ def main():
     out.append(f"| pgveil throughput ≥ PgBouncer's in every mode (issue 2) | "
                f"{' / '.join(fmt(ratio(tps_med(('select', m, 'pgveil')), tps_med(('select', m, 'pgbouncer'))), 2) for m in ('simple', 'extended', 'prepared'))} "
                f"(simple / extended / prepared) | {verdict(all_or_none(thr_ok))} |")
+    if runs.get(("select", "prepared", "pgbouncer-1use")):
+        out.append(f"| reference, not a target: pgveil / PgBouncer with a backend per client (server_lifetime = 0) | "
+                   f"{' / '.join(fmt(ratio(tps_med(('select', m, 'pgveil')), tps_med(('select', m, 'pgbouncer-1use'))), 2) for m in ('simple', 'extended', 'prepared'))} "
+                   f"(simple / extended / prepared) | |")
     out.append(f"| pgveil CPU per query ≤ PgBouncer's (issue 2) | "
                f"{' / '.join(fmt(us_per_tx(('select', m, 'pgveil')), 1) + ' vs ' + fmt(us_per_tx(('select', m, 'pgbouncer')), 1) for m in ('simple', 'extended', 'prepared'))} µs "
                f"| {verdict(all_or_none(cpu_ok))} |")
