@@ -150,16 +150,7 @@ type pgveilProc struct {
 func newAppDB(t testing.TB) (*pgtest.Cluster, string) {
 	t.Helper()
 	c := pgtest.Get(t)
-	db := c.NewDB(t)
-	su := c.Superuser(t, db)
-	ctx := context.Background()
-	if _, err := su.Exec(ctx, appSchema); err != nil {
-		t.Fatalf("creating schema: %v", err)
-	}
-	if _, err := su.Exec(ctx, "GRANT ALL ON ALL TABLES IN SCHEMA public TO "+pgtest.AppRole+"; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO "+pgtest.AppRole); err != nil {
-		t.Fatalf("grants: %v", err)
-	}
-	return c, db
+	return c, createAppDB(t, c, "")
 }
 
 // upstreamYAML is the head of a config file pointing at the cluster.

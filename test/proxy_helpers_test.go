@@ -93,6 +93,9 @@ type proxyOpts struct {
 	mutate func(*config.Config)
 	schema string // SQL run directly before the proxy starts; default appSchema
 	noDB   bool
+	// upstream, when set, is where pgveil connects instead of the
+	// cluster (a PgBouncer in front of it, say).
+	upstream string
 }
 
 // startProxy creates a database with the app schema, and a proxy in front
@@ -100,8 +103,19 @@ type proxyOpts struct {
 func startProxy(t testing.TB, o proxyOpts) *testProxy {
 	t.Helper()
 	c := pgtest.Get(t)
+	db := createAppDB(t, c, o.schema)
+	keys := newTestKeys(t)
+	if o.keys != nil {
+		keys = *o.keys
+	}
+	return serveProxy(t, c, db, keys, o)
+}
+
+// createAppDB creates a database with schema (default appSchema), its
+// tables open to the application roles.
+func createAppDB(t testing.TB, c *pgtest.Cluster, schema string) string {
+	t.Helper()
 	db := c.NewDB(t)
-	schema := o.schema
 	if schema == "" {
 		schema = appSchema
 	}
@@ -112,11 +126,7 @@ func startProxy(t testing.TB, o proxyOpts) *testProxy {
 	if _, err := su.Exec(context.Background(), "GRANT ALL ON ALL TABLES IN SCHEMA public TO "+pgtest.AppRole+"; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO "+pgtest.AppRole); err != nil {
 		t.Fatalf("grants: %v", err)
 	}
-	keys := newTestKeys(t)
-	if o.keys != nil {
-		keys = *o.keys
-	}
-	return serveProxy(t, c, db, keys, o)
+	return db
 }
 
 // startProxyOn starts another proxy in front of p's database, with other keys.
@@ -132,7 +142,11 @@ func serveProxy(t testing.TB, c *pgtest.Cluster, db string, keys testKeys, o pro
 	if tables == "" {
 		tables = appTables
 	}
-	yml := fmt.Sprintf("upstream: %s\nupstream_tls: {mode: disable}\n", c.Addr()) + tables
+	upstream := c.Addr()
+	if o.upstream != "" {
+		upstream = o.upstream
+	}
+	yml := fmt.Sprintf("upstream: %s\nupstream_tls: {mode: disable}\n", upstream) + tables
 	env := keys.env()
 	cfg, err := config.Parse([]byte(yml), "", func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 	if err != nil {

@@ -339,6 +339,22 @@ func (u osUser) command(dir, name string, args ...string) *exec.Cmd {
 	return cmd
 }
 
+// ServiceCommand builds a command that runs as the OS user PostgreSQL runs
+// as (postgres when the tests run as root), in dir, with a plain
+// environment, and hands dir and the given files in it to that user: for
+// servers a test starts next to PostgreSQL, such as PgBouncer, which refuses
+// to run as root.
+func ServiceCommand(dir string, files []string, name string, args ...string) (*exec.Cmd, error) {
+	u, err := serverUser()
+	if err != nil {
+		return nil, err
+	}
+	if err := u.chown(append([]string{dir}, files...)...); err != nil {
+		return nil, err
+	}
+	return u.command(dir, name, args...), nil
+}
+
 // Start initializes and starts a new cluster, independent of the shared
 // one. The caller must Stop it.
 func Start() (*Cluster, error) {
