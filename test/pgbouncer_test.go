@@ -27,7 +27,7 @@ import (
 )
 
 // pgbouncerBin finds PgBouncer ($PGBOUNCER, PATH, then where Debian puts
-// it), or skips the test.
+// it); it is required except under -short.
 func pgbouncerBin(t testing.TB) string {
 	t.Helper()
 	if b := os.Getenv("PGBOUNCER"); b != "" {
@@ -39,7 +39,10 @@ func pgbouncerBin(t testing.TB) string {
 	if _, err := os.Stat("/usr/sbin/pgbouncer"); err == nil {
 		return "/usr/sbin/pgbouncer"
 	}
-	t.Skip("pgbouncer is not installed (.ci/run installs the Debian package)")
+	if testing.Short() {
+		t.Skip("pgbouncer not installed (Debian package pgbouncer); skipped under -short")
+	}
+	t.Fatal("pgbouncer not found: install the Debian package `pgbouncer` (apt-get install pgbouncer), which .ci/run installs")
 	return ""
 }
 
