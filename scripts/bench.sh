@@ -222,7 +222,7 @@ EOF
 		printf '%s\n' "$@"
 	} >"$dir/pgbouncer.ini"
 	[ "$(id -u)" = 0 ] && chown -R postgres "$dir"
-	as_service_user "$PGBOUNCER" -d "$dir/pgbouncer.ini"
+	as_service_user "$PGBOUNCER" -d "$dir/pgbouncer.ini" >&2 # stdout is the pid
 	for _ in $(seq 100); do [ -s "$dir/pgbouncer.pid" ] && break; sleep 0.1; done
 	cat "$dir/pgbouncer.pid"
 }
