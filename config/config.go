@@ -106,6 +106,22 @@ type Proxy struct {
 	// goroutines). 0 switches the event loop off. Default: half the
 	// processors, at least 1.
 	EventLoops *int `yaml:"event_loops"`
+	// MaxIdleUpstreams is how many PostgreSQL connections whose clients
+	// have left pgveil keeps, reset, for the next client that logs in as
+	// the same user to the same database with the same startup parameters.
+	// 0 closes each one with its client. Default 32.
+	MaxIdleUpstreams *int `yaml:"max_idle_upstreams"`
+	// UpstreamIdleTimeout closes a kept connection no client has taken
+	// for this long. Default 60s.
+	UpstreamIdleTimeout Duration `yaml:"upstream_idle_timeout"`
+}
+
+// IdleUpstreams is the number of idle upstream connections to keep.
+func (p Proxy) IdleUpstreams() int {
+	if p.MaxIdleUpstreams != nil {
+		return *p.MaxIdleUpstreams
+	}
+	return DefaultMaxIdleUpstreams
 }
 
 // EventLoopThreads is the number of event-loop threads to run for

@@ -24,8 +24,11 @@ const (
 	DefaultMaxMessageSize  = 256 << 20
 	DefaultStartupTimeout  = 30 * time.Second
 	DefaultPlanCacheSize   = 4096
-	DefaultLogLevel        = "info"
-	DefaultSchema          = "public"
+	// DefaultMaxIdleUpstreams and DefaultUpstreamIdleTimeout: see Proxy.
+	DefaultMaxIdleUpstreams    = 32
+	DefaultUpstreamIdleTimeout = 60 * time.Second
+	DefaultLogLevel            = "info"
+	DefaultSchema              = "public"
 
 	DefaultEncryptionKey    = "env:" + EnvKey
 	DefaultFallbackKeys     = "env:" + EnvKeyFallback

@@ -225,6 +225,9 @@ func (v *validator) defaults() {
 	if p.PlanCacheSize == 0 {
 		p.PlanCacheSize = DefaultPlanCacheSize
 	}
+	if p.UpstreamIdleTimeout == 0 {
+		p.UpstreamIdleTimeout = Duration(DefaultUpstreamIdleTimeout)
+	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = Duration(DefaultShutdownTimeout)
 	}
@@ -320,6 +323,12 @@ func (v *validator) validate() {
 	}
 	if p.StartupTimeout.D() < 0 {
 		v.problem("must be positive", "proxy", "startup_timeout")
+	}
+	if p.MaxIdleUpstreams != nil && (*p.MaxIdleUpstreams < 0 || *p.MaxIdleUpstreams > 10000) {
+		v.problem("must be between 0 (close each PostgreSQL connection with its client) and 10000; leave it out for 32", "proxy", "max_idle_upstreams")
+	}
+	if p.UpstreamIdleTimeout.D() < 0 {
+		v.problem("must be positive (default 60s); set proxy.max_idle_upstreams: 0 to keep no idle connection", "proxy", "upstream_idle_timeout")
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -40,10 +40,12 @@ package proxy
 // by a new connection never reaches the old session.
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"syscall"
@@ -84,6 +86,9 @@ type evState struct {
 	cfd, ufd int
 	mu       sync.Mutex
 	closed   bool
+	// keptFD is ufd, left open by endEvented when the client left the
+	// session idle (Session.reuse), until releaseUpstream takes it; else -1.
+	keptFD int
 	// Input and output state by value: one allocation, a few cache lines
 	// (see Session's layout).
 	cin, uin memFrames
@@ -265,7 +270,7 @@ func (s *Session) runEvented(p *poller) (done chan struct{}, ok bool) {
 		_ = syscall.Close(cfd)
 		return nil, false
 	}
-	ev := &evState{p: p, cfd: cfd, ufd: ufd, done: make(chan struct{})}
+	ev := &evState{p: p, cfd: cfd, ufd: ufd, keptFD: -1, done: make(chan struct{})}
 	if syscall.SetNonblock(cfd, true) != nil || syscall.SetNonblock(ufd, true) != nil {
 		_ = syscall.Close(cfd)
 		_ = syscall.Close(ufd)
@@ -334,10 +339,68 @@ func (s *Session) endEvented() {
 		ev.closed = true
 		ev.p.remove(s, ev)
 		_ = syscall.Close(ev.cfd)
-		_ = syscall.Close(ev.ufd)
+		if s.reuse.Load() {
+			ev.keptFD = ev.ufd
+		} else {
+			_ = syscall.Close(ev.ufd)
+		}
 	}
 	ev.mu.Unlock()
 	ev.once.Do(func() { close(ev.done) })
+}
+
+// keptEventedUpstream returns, for a session the event loop carried, the
+// upstream connection endEvented left open (nil if none) and whether input
+// or output was left on it unhandled. evented is false for a session on
+// goroutines.
+func (s *Session) keptEventedUpstream() (conn net.Conn, leftover, evented bool) {
+	ev := s.ev.Load()
+	if ev == nil {
+		return nil, false, false
+	}
+	ev.mu.Lock()
+	fd := ev.keptFD
+	ev.keptFD = -1
+	u := &ev.uin
+	leftover = u.r < len(u.buf) || u.current || u.discard > 0 || len(ev.uwr.pending) > 0
+	ev.mu.Unlock()
+	if fd < 0 {
+		return nil, leftover, true
+	}
+	// net.FileConn duplicates the descriptor for Go's netpoller.
+	f := os.NewFile(uintptr(fd), "pgveil-upstream")
+	conn, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return nil, leftover, true
+	}
+	return conn, leftover, true
+}
+
+// connIdle reports whether c is open with nothing to read: a kept
+// connection that PostgreSQL closed, or that sent anything while kept
+// (a FATAL before closing, a ParameterStatus after a reload), is not
+// handed to a client.
+func connIdle(c net.Conn) bool {
+	raw := c
+	if tc, ok := c.(*tls.Conn); ok {
+		raw = tc.NetConn()
+	}
+	sc, ok := raw.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	idle := false
+	_ = rc.Control(func(fd uintptr) {
+		var b [1]byte
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		idle = err == syscall.EAGAIN
+	})
+	return idle
 }
 
 // onEvent handles readiness of one of the session's sockets. [loop]

@@ -61,6 +61,16 @@ const (
 	CacheSkip = "skip" // the cache was not consulted (statement too large, cache disabled)
 )
 
+// Label values of pgveil_upstream_reuse_total{result}: what became of a
+// PostgreSQL connection whose client left, or of a kept one.
+const (
+	ReuseKept    = "kept"     // reset and kept for the next client
+	ReuseNotKept = "not_kept" // closed with its client (busy, in a transaction, pool full, reset failed)
+	ReuseTaken   = "taken"    // handed to a client that logged in
+	ReuseExpired = "expired"  // closed after proxy.upstream_idle_timeout
+	ReuseStale   = "stale"    // found closed or talking when taken; closed
+)
+
 // Label values of pgveil_config_reloads_total{result}.
 const (
 	ReloadSuccess = "success"
@@ -74,6 +84,7 @@ var (
 	upstreamKinds   = []string{UpstreamConnect, UpstreamTLS, UpstreamIO, UpstreamProtocol}
 	cacheResults    = []string{CacheHit, CacheMiss, CacheSkip}
 	reloadResults   = []string{ReloadSuccess, ReloadError}
+	reuseResults    = []string{ReuseKept, ReuseNotKept, ReuseTaken, ReuseExpired, ReuseStale}
 	overheadBuckets = []float64{1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1}
 	latencyBuckets  = []float64{1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
 )
@@ -100,6 +111,8 @@ type Metrics struct {
 	reloads          *prometheus.CounterVec
 	draining         prometheus.Gauge
 	maintenance      prometheus.Gauge
+	idleUpstreams    prometheus.Gauge
+	reuse            *prometheus.CounterVec
 
 	// known holds, per vector, the counter of each label value of its
 	// closed set, resolved once: the per-statement path is two map
@@ -165,6 +178,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "pgveil_maintenance_mode",
 			Help: "1 while maintenance mode refuses new connections, else 0.",
 		}),
+		idleUpstreams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pgveil_upstream_idle_connections",
+			Help: "PostgreSQL connections kept, reset, for the next client (proxy.max_idle_upstreams).",
+		}),
+		reuse: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgveil_upstream_reuse_total",
+			Help: "What became of PostgreSQL connections whose clients left (kept, not_kept) and of kept ones (taken, expired, stale).",
+		}, []string{"result"}),
 	}
 	m.known = map[*prometheus.CounterVec]map[string]prometheus.Counter{
 		m.connectionsTotal: counters(m.connectionsTotal, connResults),
@@ -173,6 +194,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.upstreamErrors:   counters(m.upstreamErrors, upstreamKinds),
 		m.planCache:        counters(m.planCache, cacheResults),
 		m.reloads:          counters(m.reloads, reloadResults),
+		m.reuse:            counters(m.reuse, reuseResults),
 	}
 	m.queryPassthrough = m.known[m.queries][OutcomePassthrough]
 	m.queryRewritten = m.known[m.queries][OutcomeRewritten]
@@ -182,7 +204,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.connections, m.connectionsTotal, m.queries, m.rejections,
 			m.upstreamErrors, m.planCache, m.overhead, m.upstreamWait, m.statement,
-			m.decryptions, m.reloads, m.draining, m.maintenance)
+			m.decryptions, m.reloads, m.draining, m.maintenance, m.idleUpstreams, m.reuse)
 	}
 	return m
 }
@@ -221,6 +243,16 @@ func (m *Metrics) ConnClosed() {
 		return
 	}
 	m.connections.Dec()
+}
+
+// UpstreamReuse records what became of an upstream connection with a
+// Reuse* constant, and the number of idle ones kept now.
+func (m *Metrics) UpstreamReuse(result string, idle int) {
+	if m == nil {
+		return
+	}
+	m.inc(m.reuse, result)
+	m.idleUpstreams.Set(float64(idle))
 }
 
 // ConnRefused records a client connection that ended before its session

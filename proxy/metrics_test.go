@@ -53,6 +53,8 @@ func TestMetricsFamilies(t *testing.T) {
 		"pgveil_config_reloads_total":       "COUNTER",
 		"pgveil_draining":                   "GAUGE",
 		"pgveil_maintenance_mode":           "GAUGE",
+		"pgveil_upstream_idle_connections":  "GAUGE",
+		"pgveil_upstream_reuse_total":       "COUNTER",
 		// pgveil_decryptions_total has no series until InitKeys or
 		// Decryptions, so Gather leaves it out.
 	}
@@ -78,6 +80,7 @@ func TestMetricsInitialisedToZero(t *testing.T) {
 		"pgveil_rejections_total":         len(rejectReasons),
 		"pgveil_upstream_errors_total":    len(upstreamKinds),
 		"pgveil_plan_cache_lookups_total": len(cacheResults),
+		"pgveil_upstream_reuse_total":     len(reuseResults),
 		"pgveil_config_reloads_total":     len(reloadResults),
 	}
 	for name, n := range wantSeries {

@@ -145,6 +145,7 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	sessions  map[*Session]struct{}
 	byCancel  map[cancelKey]*Session
+	idle      upstreamPool // upstream connections kept for the next client (upstreams.go)
 	wg        sync.WaitGroup
 	nextID    atomic.Uint64
 
@@ -174,6 +175,7 @@ func NewServer(snap *Snapshot, logger *slog.Logger, m *Metrics, km *keyring.Metr
 // next statement boundary; nothing is dropped.
 func (srv *Server) Swap(snap *Snapshot) {
 	srv.snap.Store(snap)
+	srv.idle.trim(snap.Config.Proxy.IdleUpstreams(), srv.Metrics)
 	srv.maintenance.Store(snap.Config.Maintenance)
 	srv.Metrics.SetMaintenance(snap.Config.Maintenance)
 	km := srv.KeyMetrics
@@ -338,12 +340,14 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 		if live == 0 {
 			srv.closeListeners()
 			srv.wg.Wait()
+			srv.idle.closeAll(srv.Metrics)
 			return nil
 		}
 		select {
 		case <-ctx.Done():
 			srv.Close()
 			srv.wg.Wait()
+			srv.idle.closeAll(srv.Metrics)
 			return ctx.Err()
 		case <-tick.C:
 		}
@@ -359,5 +363,6 @@ func (srv *Server) Close() error {
 		s.kill()
 	}
 	srv.mu.Unlock()
+	srv.idle.closeAll(srv.Metrics)
 	return nil
 }

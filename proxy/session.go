@@ -93,7 +93,17 @@ type Session struct {
 	// clientPrefix holds client bytes read ahead during startup.
 	clientPrefix []byte
 	database     string
-	cancel       cancelKey // guarded by srv.mu
+	cancel       cancelKey // guarded by srv.mu: the key the client was given
+	// upstreamCancel is the BackendKeyData of the connection carrying the
+	// session, under connMu: the client's own until the session moves to a
+	// kept connection (upstreams.go).
+	upstreamCancel cancelKey
+	// poolKey says which kept upstream connections the session may take
+	// and under which key its own is kept (upstreamKey); "" for neither.
+	poolKey string
+	// reuse is set when the client sent Terminate with the session idle:
+	// the upstream connection is reset and kept, not closed.
+	reuse atomic.Bool
 
 	closeOnce sync.Once
 	// started is set once startup finished and the loops run.
@@ -291,6 +301,7 @@ func (s *Session) serve() {
 		if done, ok := s.runEvented(p); ok {
 			s.log.Debug("session on the event loop")
 			<-done
+			s.releaseUpstream()
 			return
 		}
 	}
@@ -319,6 +330,12 @@ func (s *Session) serve() {
 		<-done
 		s.writeError(fatal.err, true)
 		_ = s.cw.Flush()
+	} else if s.reuse.Load() {
+		// The server loop waits for a reply nothing owes: stop it between
+		// two frames, and keep the connection.
+		_ = s.upstream.SetReadDeadline(time.Now())
+		<-done
+		s.releaseUpstream()
 	} else {
 		s.killUpstreamSoon()
 		<-done
@@ -363,7 +380,7 @@ func (s *Session) kill() {
 		s.endEvented()
 		s.connMu.Lock()
 		s.client.Close()
-		if s.upstream != nil {
+		if s.upstream != nil && !s.reuse.Load() {
 			s.upstream.Close()
 		}
 		s.connMu.Unlock()
@@ -479,6 +496,12 @@ func (s *Session) onClientMessage(typ byte, nextErr error, busySince time.Durati
 	case 'F': // FunctionCall: a result, then ReadyForQuery
 		err = s.forwardExpect(expect{kind: expQuery, sent: busySince})
 	case 'X':
+		if s.canKeepUpstream() {
+			// The Terminate is not forwarded: the connection is reset and
+			// kept once the session has left its loops (releaseUpstream).
+			s.reuse.Store(true)
+			return io.EOF
+		}
 		if err := s.cr.forward(s.uw); err != nil {
 			return err
 		}
@@ -1004,7 +1027,7 @@ func (s *Session) serverLoop() {
 			busySince = monoNow()
 		}
 		if err != nil {
-			if !isClosedErr(err) && !s.closing.Load() {
+			if !isClosedErr(err) && !s.closing.Load() && !s.reuse.Load() {
 				s.srv.Metrics.UpstreamError(UpstreamIO)
 			}
 			return

@@ -148,7 +148,10 @@ func (s *Session) startup(ctx context.Context) error {
 	if err := s.uw.Flush(); err != nil {
 		return err
 	}
-	if err := s.relayAuth(); err != nil {
+	if s.srv.snap.Load().Config.Proxy.IdleUpstreams() > 0 {
+		s.poolKey = upstreamKey(&sm, snap)
+	}
+	if err := s.relayAuth(deadline); err != nil {
 		return err
 	}
 	_ = s.client.SetDeadline(time.Time{})
@@ -218,7 +221,7 @@ func (s *Session) connectUpstream(ctx context.Context, snap *Snapshot, deadline 
 // upstream's ReadyForQuery, then loads the catalog and hands the client its
 // ReadyForQuery. The server's offer of SCRAM-SHA-256-PLUS is removed:
 // channel binding cannot cross a proxy that terminates TLS.
-func (s *Session) relayAuth() error {
+func (s *Session) relayAuth(deadline time.Time) error {
 	for {
 		typ, _, err := s.ur.next()
 		if err != nil {
@@ -270,11 +273,17 @@ func (s *Session) relayAuth() error {
 				return s.upstreamLost(err)
 			}
 			if len(body) >= 8 {
-				s.srv.registerCancel(s, cancelKey{pid: binary.BigEndian.Uint32(body), secret: string(body[4:])})
+				k := cancelKey{pid: binary.BigEndian.Uint32(body), secret: string(body[4:])}
+				s.srv.registerCancel(s, k)
+				s.connMu.Lock()
+				s.upstreamCancel = k
+				s.connMu.Unlock()
 			}
 			// The upstream's key is handed to the client unchanged: pgveil
 			// has one upstream, so a CancelRequest carrying it is forwarded
-			// there once pgveil has checked it belongs to a live session.
+			// there once pgveil has checked it belongs to a live session
+			// (with the key of the connection that carries the session now,
+			// which differs once it runs on a kept one: upstreams.go).
 			s.writeClientFrame('K', body)
 		case 'E':
 			// Authentication failed: the client gets Postgres' own error.
@@ -295,6 +304,9 @@ func (s *Session) relayAuth() error {
 			frame := append([]byte{'Z', 0, 0, 0, 5}, body...)
 			if len(frame) > 5 {
 				s.txStatus.Store(uint32(frame[5]))
+			}
+			if len(frame) == 6 && frame[5] == 'I' {
+				s.takeIdleUpstream(deadline)
 			}
 			if err := s.loadCatalog(); err != nil {
 				return err
@@ -421,6 +433,14 @@ func (s *Session) forwardCancel(ctx context.Context, pkt []byte) {
 	target := s.srv.sessionForCancel(k)
 	if target == nil {
 		return
+	}
+	target.connMu.Lock()
+	up := target.upstreamCancel
+	target.connMu.Unlock()
+	if up != k && up.secret != "" {
+		// The session runs on a kept connection: cancel that one.
+		pkt = binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, codeCancelRequest), up.pid)
+		pkt = append(pkt, up.secret...)
 	}
 	snap := s.srv.snap.Load()
 	c, err := s.connectUpstream(ctx, snap, time.Now().Add(10*time.Second))
