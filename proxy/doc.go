@@ -13,9 +13,12 @@
 // connection (upstream_tls), the authentication relay (trust, password,
 // md5, SCRAM-SHA-256; SCRAM-SHA-256-PLUS is removed from the server's
 // offer because channel binding cannot cross a TLS-terminating proxy), and
-// the catalog load (see catalog.go). BackendKeyData passes through: there
-// is one upstream, so a CancelRequest that names a live session is
-// forwarded to it as it came.
+// the catalog load (see catalog.go). When the login succeeds and a backend
+// that an earlier client of the same user, database and parameters left
+// idle is kept, the session moves to it (upstreams.go). BackendKeyData
+// passes through: there is one upstream, so a CancelRequest that names a
+// live session is forwarded to it, with the key of the backend that carries
+// the session.
 //
 // Then the session's two directions run, on one of two I/O engines with the
 // same handlers (onClientMessage, onServerMessage). A session without TLS

@@ -234,14 +234,6 @@ chmod 600 "$WORK/userlist.txt"
 # client (the next pgbench run) gets that backend, warm from the runs before.
 BOUNCER_PORT=$(free_port)
 BOUNCER_PID=$(start_bouncer bouncer "$BOUNCER_PORT")
-# A reference: the same PgBouncer with server_lifetime = 0 ("the connection
-# is to be used only once, then closed"), so that each client gets a backend
-# started for it, as pgveil, which passes authentication through to
-# PostgreSQL (SPEC §7) and so cannot hand a logged-in backend to another
-# client, and direct connections do. The two differ by the pool alone.
-BOUNCER1_PORT=$(free_port)
-BOUNCER1_PID=$(start_bouncer bouncer-1use "$BOUNCER1_PORT" "server_lifetime = 0")
-PIDS_TO_KILL+=("$BOUNCER1_PID")
 BOUNCER_VERSION=$("$PGBOUNCER" --version | head -1)
 
 log "starting pgveil"
@@ -297,6 +289,29 @@ stop_pgveil() {
 	PGVEIL_PID=""
 }
 start_pgveil
+# A reference: pgveil with proxy.max_idle_upstreams: 0, which closes each
+# client's PostgreSQL connection with the client, so that every client runs
+# on a backend started for it, as a direct connection does. pgveil as
+# configured out of the box keeps the backend of a client that leaves idle
+# (reset with DISCARD ALL) for the next client that logs in as the same
+# user, as PgBouncer's pool does; the two differ by that alone.
+VEIL_FRESH_PORT=$(free_port)
+write_config "$WORK/pgveil-fresh.yaml" "$VEIL_FRESH_PORT"
+sed -i 's/^admin_listen: .*/admin_listen: "off"/' "$WORK/pgveil-fresh.yaml"
+printf 'proxy:\n  max_idle_upstreams: 0\n' >>"$WORK/pgveil-fresh.yaml"
+VEIL_FRESH_PID=""
+start_pgveil_fresh() {
+	[ -n "$VEIL_FRESH_PID" ] && { kill "$VEIL_FRESH_PID" 2>/dev/null; wait "$VEIL_FRESH_PID" 2>/dev/null; }
+	setsid "$PGVEIL" serve --config "$WORK/pgveil-fresh.yaml" >>"$WORK/pgveil-fresh.log" 2>&1 &
+	VEIL_FRESH_PID=$!
+	PIDS_TO_KILL+=("$VEIL_FRESH_PID")
+	for _ in $(seq 100); do
+		"$PGBIN/psql" -X -q -h 127.0.0.1 -p "$VEIL_FRESH_PORT" -d "$ADMIN_DB" -Atc "SELECT 1" >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	die "pgveil (max_idle_upstreams: 0) did not accept connections"
+}
+start_pgveil_fresh
 psql_veil() { local db=$1; shift; "${PSQL[@]}" -h 127.0.0.1 -p "$PGVEIL_PORT" -d "$db" "$@"; }
 
 # ---------------------------------------------------------------------------
@@ -448,7 +463,7 @@ for round in $(seq "$ROUNDS"); do
 		run_pgbench select "$mode" direct "$round" "$PGPORT" "$DB_PGBENCH" - "${args[@]}"
 		run_pgbench select "$mode" pgbouncer "$round" "$BOUNCER_PORT" "$DB_PGBENCH" "$BOUNCER_PID" "${args[@]}"
 		run_pgbench select "$mode" pgveil "$round" "$PGVEIL_PORT" "$DB_PGBENCH" "$PGVEIL_PID" "${args[@]}"
-		run_pgbench select "$mode" pgbouncer-1use "$round" "$BOUNCER1_PORT" "$DB_PGBENCH" "$BOUNCER1_PID" "${args[@]}"
+		run_pgbench select "$mode" pgveil-fresh "$round" "$VEIL_FRESH_PORT" "$DB_PGBENCH" "$VEIL_FRESH_PID" "${args[@]}"
 	done
 done
 
@@ -505,6 +520,7 @@ log "encrypted OLTP, $OLTP_DURATION s per run, $OLTP_ROUNDS rounds"
 for mode in simple prepared; do
 	stop_pgveil
 	start_pgveil
+	start_pgveil_fresh
 	for round in $(seq "$OLTP_ROUNDS"); do
 		for script in lookup insert; do
 			args=(-c "$CLIENTS" -j "$THREADS" -T "$OLTP_DURATION" -M "$mode" -D "users=$OLTP_USERS" -f "scripts/bench/${script}_$mode.sql")
@@ -514,8 +530,8 @@ for mode in simple prepared; do
 			if [ "$script" = insert ]; then quiesce "$DB_PLAIN" users; fi
 			run_pgbench oltp "$script/$mode" pgveil "$round" "$PGVEIL_PORT" "$DB_ENC" "$PGVEIL_PID" "${args[@]}"
 			if [ "$script" = insert ]; then quiesce "$DB_ENC" users; fi
-			run_pgbench oltp "$script/$mode" pgbouncer-1use "$round" "$BOUNCER1_PORT" "$DB_PLAIN" "$BOUNCER1_PID" "${args[@]}"
-			if [ "$script" = insert ]; then quiesce "$DB_PLAIN" users; fi
+			run_pgbench oltp "$script/$mode" pgveil-fresh "$round" "$VEIL_FRESH_PORT" "$DB_ENC" "$VEIL_FRESH_PID" "${args[@]}"
+			if [ "$script" = insert ]; then quiesce "$DB_ENC" users; fi
 			if [ "$mode" = simple ]; then
 				run_pgbench oltp "$script/$mode" pgbouncer-shape "$round" "$BOUNCER_PORT" "$DB_ENC" "$BOUNCER_PID" \
 					-c "$CLIENTS" -j "$THREADS" -T "$OLTP_DURATION" -M simple -D "users=$OLTP_USERS" -f "scripts/bench/shape_${script}_simple.sql"

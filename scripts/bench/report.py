@@ -26,7 +26,8 @@ and measures, in that one run:
 1. plain traffic: `pgbench -S` in each protocol mode against Postgres
    directly, through PgBouncer and through pgveil, interleaved (for each
    round and mode: direct, PgBouncer, pgveil, and for reference a second
-   PgBouncer that gives each client a backend of its own, as pgveil does),
+   pgveil that gives each client a backend of its own, as a direct
+   connection has),
    medians over the rounds, and the proxies' CPU time per transaction
    (utime + stime from `/proc/PID/stat` before and after each run, divided
    by the transactions);
@@ -154,15 +155,15 @@ def main():
     out.append(f"## 1. Plain traffic: `pgbench -S -T {facts.get('duration')}`\n")
     out.append("Medians of the rounds. CPU is the proxy process's utime + stime per transaction. "
                "PgBouncer is configured as it comes: a client that disconnects leaves its server connection "
-               "in the pool, so each pgbench run gets the backends the runs before it warmed. pgveil passes "
-               "authentication through to PostgreSQL (SPEC §7), so it cannot hand a logged-in backend to "
-               "another client: like a direct connection, each client gets a backend started for it. The "
-               "reference column is the same PgBouncer with `server_lifetime = 0` (each server connection "
-               "used once, then closed): a backend per client too, so it differs from the first by the "
-               "pool alone, and from pgveil by the proxy alone.\n")
+               "in the pool, so each pgbench run gets the backends the runs before it warmed. So is pgveil: "
+               "it passes every login through to PostgreSQL (SPEC §7), on a connection opened for it, and "
+               "then carries the session on the backend a client of the same user, database and parameters "
+               "left idle, reset with `DISCARD ALL` (`proxy.max_idle_upstreams`). The reference column is "
+               "pgveil with `max_idle_upstreams: 0`: each client on a backend started for it, as direct "
+               "connections are; it differs from pgveil by that alone.\n")
     out.append("| mode | direct tps | PgBouncer tps | pgveil tps | pgveil / PgBouncer | pgveil / direct "
                "| PgBouncer / direct | PgBouncer CPU µs/tx | pgveil CPU µs/tx "
-               "| reference: PgBouncer, a backend per client, tps | pgveil / it | its CPU µs/tx |")
+               "| reference: pgveil, a new backend per client, tps | pgveil / it | its CPU µs/tx |")
     out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     thr_ok, cpu_ok = [], []
     for mode in ("simple", "extended", "prepared"):
@@ -177,16 +178,16 @@ def main():
             thr_ok.append(v >= b)
         if vu is not None and bu is not None:
             cpu_ok.append(vu <= bu)
-        b1 = tps_med(("select", mode, "pgbouncer-1use"))
+        b1 = tps_med(("select", mode, "pgveil-fresh"))
         out.append(f"| {mode} | {fmt(d)} | {fmt(b)} | {fmt(v)} | {fmt(ratio(v, b), 2)} | {fmt(ratio(v, d), 2)} "
                    f"| {fmt(ratio(b, d), 2)} | {fmt(bu, 1)} | {fmt(vu, 1)} "
-                   f"| {fmt(b1)} | {fmt(ratio(v, b1), 2)} | {fmt(us_per_tx(('select', mode, 'pgbouncer-1use')), 1)} |")
+                   f"| {fmt(b1)} | {fmt(ratio(v, b1), 2)} | {fmt(us_per_tx(('select', mode, 'pgveil-fresh')), 1)} |")
     out.append("")
     out.append("Every run (tps, round 1 / 2 / ...):\n")
-    out.append("| mode | direct | PgBouncer | pgveil | PgBouncer, a backend per client |\n|---|---|---|---|---|")
+    out.append("| mode | direct | PgBouncer | pgveil | pgveil, a new backend per client |\n|---|---|---|---|---|")
     for mode in ("simple", "extended", "prepared"):
         out.append(f"| {mode} | {per_round(('select', mode, 'direct'))} | {per_round(('select', mode, 'pgbouncer'))} "
-                   f"| {per_round(('select', mode, 'pgveil'))} | {per_round(('select', mode, 'pgbouncer-1use'))} |")
+                   f"| {per_round(('select', mode, 'pgveil'))} | {per_round(('select', mode, 'pgveil-fresh'))} |")
     out.append("")
 
     # -- reference relays ----------------------------------------------------
@@ -243,7 +244,7 @@ def main():
                "cost better.\n")
     out.append("| script | PgBouncer + plaintext tps | pgveil + encryption tps | ratio | PgBouncer CPU µs/tx "
                "| pgveil CPU µs/tx | runs (PgBouncer; pgveil) "
-               "| reference: PgBouncer, a backend per client, + plaintext tps | pgveil / it |")
+               "| reference: pgveil, a new backend per client, + encryption tps | pgveil / it |")
     out.append("|---|--:|--:|--:|--:|--:|---|--:|--:|")
     oltp_ok = []
     for group in ("lookup/simple", "insert/simple", "lookup/prepared", "insert/prepared"):
@@ -256,8 +257,8 @@ def main():
         out.append(f"| {group} | {fmt(b)} | {fmt(v)} | {fmt(ratio(v, b), 2)} "
                    f"| {fmt(us_per_tx(('oltp', group, 'pgbouncer')), 1)} | {fmt(us_per_tx(('oltp', group, 'pgveil')), 1)} "
                    f"| {per_round(('oltp', group, 'pgbouncer'))}; {per_round(('oltp', group, 'pgveil'))} "
-                   f"| {fmt(tps_med(('oltp', group, 'pgbouncer-1use')))} "
-                   f"| {fmt(ratio(v, tps_med(('oltp', group, 'pgbouncer-1use'))), 2)} |")
+                   f"| {fmt(tps_med(('oltp', group, 'pgveil-fresh')))} "
+                   f"| {fmt(ratio(v, tps_med(('oltp', group, 'pgveil-fresh'))), 2)} |")
     out.append("")
     shape = []
     for group in ("lookup/simple", "insert/simple"):
@@ -354,9 +355,9 @@ def main():
     out.append(f"| pgveil throughput ≥ PgBouncer's in every mode (issue 2) | "
                f"{' / '.join(fmt(ratio(tps_med(('select', m, 'pgveil')), tps_med(('select', m, 'pgbouncer'))), 2) for m in ('simple', 'extended', 'prepared'))} "
                f"(simple / extended / prepared) | {verdict(all_or_none(thr_ok))} |")
-    if runs.get(("select", "prepared", "pgbouncer-1use")):
-        out.append(f"| reference, not a target: pgveil / PgBouncer with a backend per client (server_lifetime = 0) | "
-                   f"{' / '.join(fmt(ratio(tps_med(('select', m, 'pgveil')), tps_med(('select', m, 'pgbouncer-1use'))), 2) for m in ('simple', 'extended', 'prepared'))} "
+    if runs.get(("select", "prepared", "pgveil-fresh")):
+        out.append(f"| reference, not a target: pgveil with a new backend per client (max_idle_upstreams: 0) / PgBouncer | "
+                   f"{' / '.join(fmt(ratio(tps_med(('select', m, 'pgveil-fresh')), tps_med(('select', m, 'pgbouncer'))), 2) for m in ('simple', 'extended', 'prepared'))} "
                    f"(simple / extended / prepared) | |")
     out.append(f"| pgveil CPU per query ≤ PgBouncer's (issue 2) | "
                f"{' / '.join(fmt(us_per_tx(('select', m, 'pgveil')), 1) + ' vs ' + fmt(us_per_tx(('select', m, 'pgbouncer')), 1) for m in ('simple', 'extended', 'prepared'))} µs "
