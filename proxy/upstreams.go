@@ -146,13 +146,9 @@ func (p *upstreamPool) put(u *idleUpstream, limit int, timeout time.Duration, m 
 func (p *upstreamPool) expire(m *Metrics) {
 	now := time.Now()
 	p.mu.Lock()
+	// Look at every entry: they are kept oldest first, but a reload may
+	// have shortened the timeout of the newer ones.
 	var gone []*idleUpstream
-	for len(p.idle) > 0 && !p.idle[0].expires.After(now) {
-		gone = append(gone, p.idle[0])
-		p.idle = p.idle[1:]
-	}
-	// Entries are kept oldest first, but a reload may shorten the timeout:
-	// look at every one.
 	kept := p.idle[:0]
 	for _, u := range p.idle {
 		if u.expires.After(now) {
