@@ -58,7 +58,8 @@ type idleUpstream struct {
 type upstreamPool struct {
 	mu     sync.Mutex
 	idle   []*idleUpstream
-	timer  *time.Timer
+	timer  *time.Timer // fires at due, the earliest expiry
+	due    time.Time
 	closed bool
 }
 
@@ -128,8 +129,10 @@ func (p *upstreamPool) put(u *idleUpstream, limit int, timeout time.Duration, m 
 	}
 	u.expires = time.Now().Add(timeout)
 	p.idle = append(p.idle, u)
-	if p.timer == nil {
-		p.timer = time.AfterFunc(timeout, func() { p.expire(m) })
+	// After a reload the new timeout may be shorter than the one the
+	// timer was set for.
+	if p.timer == nil || u.expires.Before(p.due) {
+		p.schedule(u.expires, m)
 	}
 	n := len(p.idle)
 	p.mu.Unlock()
@@ -139,6 +142,15 @@ func (p *upstreamPool) put(u *idleUpstream, limit int, timeout time.Duration, m 
 	}
 	m.UpstreamReuse(ReuseKept, n)
 	return true
+}
+
+// schedule sets the expiry timer to fire at due. [under p.mu]
+func (p *upstreamPool) schedule(due time.Time, m *Metrics) {
+	if p.timer != nil {
+		p.timer.Stop()
+	}
+	p.due = due
+	p.timer = time.AfterFunc(time.Until(due), func() { p.expire(m) })
 }
 
 // expire closes the connections kept past their time and sets the timer
@@ -166,7 +178,7 @@ func (p *upstreamPool) expire(m *Metrics) {
 				next = u.expires
 			}
 		}
-		p.timer = time.AfterFunc(time.Until(next), func() { p.expire(m) })
+		p.schedule(next, m)
 	}
 	n := len(p.idle)
 	p.mu.Unlock()

@@ -26,7 +26,7 @@ func TestStartupUpstreamReuse(t *testing.T) {
 	direct := p.Direct(t)
 
 	// First client: leaves every kind of session state behind.
-	c1 := dial(t, p.DSN(pgtest.TrustUser))
+	c1 := pgtest.ConnectDSN(t, p.DSN(pgtest.TrustUser))
 	pid1 := backendPID(t, c1)
 	for _, sql := range []string{
 		"SET work_mem = '77MB'",
@@ -54,7 +54,7 @@ func TestStartupUpstreamReuse(t *testing.T) {
 	}
 
 	// Second client, same user and parameters: gets that backend, clean.
-	c2 := dial(t, p.DSN(pgtest.TrustUser))
+	c2 := pgtest.ConnectDSN(t, p.DSN(pgtest.TrustUser))
 	if pid := backendPID(t, c2); pid != pid1 {
 		t.Fatalf("second client on backend %d, want the kept %d", pid, pid1)
 	}
@@ -107,7 +107,7 @@ func TestStartupUpstreamReuse(t *testing.T) {
 	// Another user never gets it, and a wrong password is refused even with
 	// a backend of that user kept: logins always reach PostgreSQL.
 	waitGauge(t, p.Reg, "pgveil_upstream_idle_connections", 1)
-	m := dial(t, p.DSN(pgtest.ScramUser))
+	m := pgtest.ConnectDSN(t, p.DSN(pgtest.ScramUser))
 	if backendPID(t, m) == pid1 {
 		t.Fatal("a client of another user got the kept backend")
 	}
@@ -123,14 +123,14 @@ func TestStartupUpstreamReuse(t *testing.T) {
 	}
 
 	// Other startup parameters: a backend of its own.
-	a := dial(t, p.DSN(pgtest.TrustUser, "application_name", "other"))
+	a := pgtest.ConnectDSN(t, p.DSN(pgtest.TrustUser, "application_name", "other"))
 	if backendPID(t, a) == pid1 {
 		t.Fatal("a client with other startup parameters got the kept backend")
 	}
 	a.Close(ctx)
 
 	// A client that leaves inside a transaction: its backend is closed.
-	tx := dial(t, p.DSN(pgtest.TrustUser, "application_name", "tx"))
+	tx := pgtest.ConnectDSN(t, p.DSN(pgtest.TrustUser, "application_name", "tx"))
 	txPID := backendPID(t, tx)
 	mustExec(t, tx, "BEGIN")
 	mustExec(t, tx, "SELECT 1")
@@ -144,7 +144,7 @@ func TestStartupUpstreamReuse(t *testing.T) {
 	if !waitFor(5*time.Second, func() bool { return !backendAlive(t, direct, pid1) }) {
 		t.Fatal("backend not terminated")
 	}
-	c3 := dial(t, p.DSN(pgtest.TrustUser))
+	c3 := pgtest.ConnectDSN(t, p.DSN(pgtest.TrustUser))
 	if pid := backendPID(t, c3); pid == pid1 {
 		t.Fatal("got a terminated backend")
 	}
@@ -159,7 +159,7 @@ func TestStartupUpstreamReuseLimits(t *testing.T) {
 	t.Run("off", func(t *testing.T) {
 		zero := 0
 		p := startProxy(t, proxyOpts{mutate: func(c *config.Config) { c.Proxy.MaxIdleUpstreams = &zero }})
-		c := dial(t, p.DSN(pgtest.TrustUser))
+		c := pgtest.ConnectDSN(t, p.DSN(pgtest.TrustUser))
 		pid := backendPID(t, c)
 		c.Close(ctx)
 		direct := p.Direct(t)
@@ -169,7 +169,7 @@ func TestStartupUpstreamReuseLimits(t *testing.T) {
 	})
 	t.Run("timeout", func(t *testing.T) {
 		p := startProxy(t, proxyOpts{mutate: func(c *config.Config) { c.Proxy.UpstreamIdleTimeout = config.Duration(time.Second) }})
-		c := dial(t, p.DSN(pgtest.TrustUser))
+		c := pgtest.ConnectDSN(t, p.DSN(pgtest.TrustUser))
 		pid := backendPID(t, c)
 		c.Close(ctx)
 		waitGauge(t, p.Reg, "pgveil_upstream_idle_connections", 1)
@@ -181,7 +181,7 @@ func TestStartupUpstreamReuseLimits(t *testing.T) {
 	})
 	t.Run("reload", func(t *testing.T) {
 		p := startProxy(t, proxyOpts{})
-		c := dial(t, p.DSN(pgtest.TrustUser))
+		c := pgtest.ConnectDSN(t, p.DSN(pgtest.TrustUser))
 		pid := backendPID(t, c)
 		c.Close(ctx)
 		waitGauge(t, p.Reg, "pgveil_upstream_idle_connections", 1)
@@ -203,8 +203,8 @@ func TestStartupUpstreamReuseLimits(t *testing.T) {
 	t.Run("max", func(t *testing.T) {
 		one := 1
 		p := startProxy(t, proxyOpts{mutate: func(c *config.Config) { c.Proxy.MaxIdleUpstreams = &one }})
-		a := dial(t, p.DSN(pgtest.TrustUser))
-		b := dial(t, p.DSN(pgtest.TrustUser))
+		a := pgtest.ConnectDSN(t, p.DSN(pgtest.TrustUser))
+		b := pgtest.ConnectDSN(t, p.DSN(pgtest.TrustUser))
 		pa, pb := backendPID(t, a), backendPID(t, b)
 		a.Close(ctx)
 		waitGauge(t, p.Reg, "pgveil_upstream_idle_connections", 1)
@@ -214,23 +214,11 @@ func TestStartupUpstreamReuseLimits(t *testing.T) {
 		if !waitFor(5*time.Second, func() bool { return !backendAlive(t, direct, pa) }) {
 			t.Fatal("more backends kept than max_idle_upstreams")
 		}
-		c := dial(t, p.DSN(pgtest.TrustUser))
+		c := pgtest.ConnectDSN(t, p.DSN(pgtest.TrustUser))
 		if pid := backendPID(t, c); pid != pb {
 			t.Fatalf("got backend %d, want the one kept (%d)", pid, pb)
 		}
 	})
-}
-
-func dial(t testing.TB, dsn string) *pgx.Conn {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(func() { c.Close(context.Background()) })
-	return c
 }
 
 func backendPID(t testing.TB, c *pgx.Conn) int {
