@@ -15,6 +15,7 @@ const (
 	codeUntranslatable      = "22021" // value refused by sanitize_input
 	codeDataCorrupted       = "XX001" // stored value no key can decrypt (strict)
 	codeCannotConnectNow    = "57P03" // maintenance mode, or draining at shutdown
+	codeTooManyConnections  = "53300" // PostgreSQL: max_connections, CONNECTION LIMIT
 	codeConnectionFailure   = "08006" // upstream unreachable
 	codeProtocolViolation   = "08P01" // malformed protocol message
 	codeInternal            = "XX000" // anything else

@@ -90,6 +90,9 @@ type Session struct {
 	client   net.Conn // [startup] replaced by the TLS conn after SSLRequest
 	upstream net.Conn
 	tlsDone  bool
+	// startupParams holds the ParameterStatus frames of the login, kept
+	// with the connection for a login that finds PostgreSQL full.
+	startupParams []byte
 	// clientPrefix holds client bytes read ahead during startup.
 	clientPrefix []byte
 	database     string

@@ -151,7 +151,7 @@ func (s *Session) startup(ctx context.Context) error {
 	if s.srv.snap.Load().Config.Proxy.IdleUpstreams() > 0 {
 		s.poolKey = upstreamKey(&sm, snap)
 	}
-	if err := s.relayAuth(deadline); err != nil {
+	if err := s.relayAuth(ctx, deadline, buf); err != nil {
 		return err
 	}
 	_ = s.client.SetDeadline(time.Time{})
@@ -221,7 +221,11 @@ func (s *Session) connectUpstream(ctx context.Context, snap *Snapshot, deadline 
 // upstream's ReadyForQuery, then loads the catalog and hands the client its
 // ReadyForQuery. The server's offer of SCRAM-SHA-256-PLUS is removed:
 // channel binding cannot cross a proxy that terminates TLS.
-func (s *Session) relayAuth(deadline time.Time) error {
+func (s *Session) relayAuth(ctx context.Context, deadline time.Time, startup []byte) error {
+	// authOK: PostgreSQL accepted the client's credentials. asked: the
+	// client answered an authentication request, so the login cannot be
+	// replayed on another connection.
+	authOK, asked, retries := false, false, 0
 	for {
 		typ, _, err := s.ur.next()
 		if err != nil {
@@ -239,6 +243,7 @@ func (s *Session) relayAuth(deadline time.Time) error {
 			authType := binary.BigEndian.Uint32(body)
 			switch authType {
 			case 0: // AuthenticationOk
+				authOK = true
 				s.writeClientFrame('R', body)
 				continue
 			case 10: // SASL: list of mechanisms
@@ -261,6 +266,7 @@ func (s *Session) relayAuth(deadline time.Time) error {
 			if ctyp != 'p' {
 				return s.refuseStartup(&pgError{code: codeProtocolViolation, msg: "pgveil: expected a password message"})
 			}
+			asked = true
 			if err := s.cr.forward(s.uw); err != nil {
 				return err
 			}
@@ -291,6 +297,27 @@ func (s *Session) relayAuth(deadline time.Time) error {
 			if err != nil {
 				return s.upstreamLost(err)
 			}
+			if errorCode(body) == codeTooManyConnections && s.poolKey != "" {
+				// Kept backends count against max_connections and the
+				// role's and database's CONNECTION LIMIT (upstreams.go).
+				if authOK {
+					// The credentials were accepted: a kept backend of
+					// this login can carry the session.
+					if u := s.srv.idle.take(s.poolKey, s.srv.Metrics); u != nil {
+						return s.startOnKept(u, deadline)
+					}
+				}
+				if s.srv.idle.closeOldest(s.srv.Metrics) && !asked && retries < 5 {
+					// Nothing the client sent was used: log in again
+					// once the closed backend has left its slot.
+					retries++
+					time.Sleep(time.Duration(retries) * 20 * time.Millisecond)
+					if err := s.reconnectForLogin(ctx, deadline, startup); err != nil {
+						return err
+					}
+					continue
+				}
+			}
 			s.writeClientFrame('E', body)
 			_ = s.cw.Flush()
 			return errAuthFailed
@@ -315,7 +342,14 @@ func (s *Session) relayAuth(deadline time.Time) error {
 				return err
 			}
 			return s.cw.Flush()
-		default: // ParameterStatus, NoticeResponse, NegotiateProtocolVersion
+		case 'S': // ParameterStatus: kept with the connection (startOnKept)
+			body, err := s.ur.body()
+			if err != nil {
+				return s.upstreamLost(err)
+			}
+			s.startupParams = appendFrame(s.startupParams, 'S', body)
+			s.writeClientFrame('S', body)
+		default: // NoticeResponse, NegotiateProtocolVersion
 			if err := s.ur.forward(s.cw); err != nil {
 				return err
 			}
@@ -324,6 +358,58 @@ func (s *Session) relayAuth(deadline time.Time) error {
 }
 
 var errAuthFailed = errors.New("authentication failed upstream")
+
+// errorCode returns the SQLSTATE of an ErrorResponse body.
+func errorCode(body []byte) string {
+	for len(body) > 1 && body[0] != 0 {
+		field := body[0]
+		v, rest, ok := cstring(body[1:])
+		if !ok {
+			return ""
+		}
+		if field == 'C' {
+			return v
+		}
+		body = rest
+	}
+	return ""
+}
+
+// appendFrame appends a whole protocol frame to dst.
+func appendFrame(dst []byte, typ byte, body []byte) []byte {
+	dst = append(dst, typ)
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(body)+4))
+	return append(dst, body...)
+}
+
+// reconnectForLogin replaces the login connection PostgreSQL refused with a
+// new one and sends the StartupMessage again. Only while the client has
+// not answered an authentication request: what pgveil buffered for it so
+// far (an AuthenticationOk) is dropped, the new connection says it again.
+func (s *Session) reconnectForLogin(ctx context.Context, deadline time.Time, startup []byte) error {
+	up, err := s.connectUpstream(ctx, s.snap, deadline)
+	if err != nil {
+		s.srv.Metrics.ConnRefused(ResultUpstreamFailed)
+		return s.refuseStartup(&pgError{code: codeConnectionFailure, msg: "pgveil: upstream unreachable",
+			hint: "check that PostgreSQL is running at the configured upstream address"})
+	}
+	s.connMu.Lock()
+	old := s.upstream
+	s.upstream = up
+	s.connMu.Unlock()
+	old.Close()
+	s.cw.Reset(s.client)
+	s.startupParams = s.startupParams[:0]
+	s.ur = newFrameReaderSize(up, s.snap.Config.Proxy.MaxMessageSize, startupReadBufferSize)
+	s.uw = bufio.NewWriterSize(up, eventWriteBufferSize)
+	if _, err := s.uw.Write(startup); err != nil {
+		return err
+	}
+	if err := s.uw.Flush(); err != nil {
+		return s.upstreamLost(err)
+	}
+	return nil
+}
 
 func (s *Session) upstreamLost(err error) error {
 	s.srv.Metrics.UpstreamError(UpstreamIO)

@@ -32,6 +32,14 @@ package proxy
 //
 // A kept connection that PostgreSQL closed (or that sent anything while
 // idle) is found when taken, by a non-blocking peek, and closed.
+//
+// Kept connections hold slots of max_connections and of the role's and
+// database's CONNECTION LIMIT, which a client reconnecting (an application
+// restarting its pool) needs for its login. A login refused with 53300
+// after PostgreSQL accepted the credentials runs on a kept connection of
+// the same key (startOnKept); otherwise pgveil closes the oldest kept
+// connection and, when the client has not answered an authentication
+// request yet, logs in again (relayAuth).
 
 import (
 	"bufio"
@@ -51,6 +59,7 @@ type idleUpstream struct {
 	key     string
 	conn    net.Conn
 	cancel  cancelKey // the connection's own BackendKeyData
+	params  []byte    // its login's ParameterStatus frames
 	expires time.Time
 }
 
@@ -188,6 +197,22 @@ func (p *upstreamPool) expire(m *Metrics) {
 	}
 }
 
+// closeOldest closes the connection kept longest, if any.
+func (p *upstreamPool) closeOldest(m *Metrics) bool {
+	p.mu.Lock()
+	if len(p.idle) == 0 {
+		p.mu.Unlock()
+		return false
+	}
+	u := p.idle[0]
+	p.idle = p.idle[1:]
+	n := len(p.idle)
+	p.mu.Unlock()
+	terminate(u.conn)
+	m.UpstreamReuse(ReuseExpired, n)
+	return true
+}
+
 // trim closes the oldest kept connections beyond limit (after a reload
 // lowered proxy.max_idle_upstreams).
 func (p *upstreamPool) trim(limit int, m *Metrics) {
@@ -309,7 +334,7 @@ func (s *Session) keepUpstream(conn net.Conn, leftover bool) {
 	s.connMu.Lock()
 	k := s.upstreamCancel
 	s.connMu.Unlock()
-	u := &idleUpstream{key: s.poolKey, conn: conn, cancel: k}
+	u := &idleUpstream{key: s.poolKey, conn: conn, cancel: k, params: s.startupParams}
 	if !srv.idle.put(u, limit, snap.Config.Proxy.UpstreamIdleTimeout.D(), srv.Metrics) {
 		terminate(conn)
 		srv.Metrics.UpstreamReuse(ReuseNotKept, srv.idle.len())
@@ -339,6 +364,38 @@ func (s *Session) releaseUpstream() {
 	}
 	fr, ok := s.ur.(*frameReader)
 	s.keepUpstream(conn, !ok || !fr.read || fr.buffered() > 0)
+}
+
+// startOnKept finishes a login that PostgreSQL accepted (AuthenticationOk)
+// and then refused for want of a connection slot (53300), on a kept
+// connection of the same key: its slot is the one the login lacked. The
+// client gets the kept login's ParameterStatus frames, the kept
+// connection's BackendKeyData and ReadyForQuery. [startup]
+func (s *Session) startOnKept(u *idleUpstream, deadline time.Time) error {
+	s.connMu.Lock()
+	login := s.upstream
+	s.upstream = u.conn
+	s.upstreamCancel = u.cancel
+	s.connMu.Unlock()
+	login.Close()
+	s.startupParams = append(s.startupParams[:0], u.params...)
+	_ = u.conn.SetDeadline(deadline)
+	s.ur = newFrameReaderSize(u.conn, s.snap.Config.Proxy.MaxMessageSize, startupReadBufferSize)
+	s.uw = bufio.NewWriterSize(u.conn, eventWriteBufferSize)
+	if _, err := s.cw.Write(u.params); err != nil {
+		return err
+	}
+	if u.cancel.secret != "" {
+		s.srv.registerCancel(s, u.cancel)
+		key := binary.BigEndian.AppendUint32(nil, u.cancel.pid)
+		s.writeClientFrame('K', append(key, u.cancel.secret...))
+	}
+	s.txStatus.Store('I')
+	if err := s.loadCatalog(); err != nil {
+		return err
+	}
+	s.writeClientFrame('Z', []byte{'I'})
+	return s.cw.Flush()
 }
 
 // canKeepUpstream reports whether the client's Terminate finds the session

@@ -97,3 +97,15 @@ func TestUpstreamPool(t *testing.T) {
 		t.Fatal("kept after closeAll")
 	}
 }
+
+func TestErrorCode(t *testing.T) {
+	body, _ := (&pgproto3.ErrorResponse{Severity: "FATAL", Code: "53300", Message: "too many"}).Encode(nil)
+	if got := errorCode(body[5:]); got != "53300" {
+		t.Fatalf("errorCode = %q", got)
+	}
+	for _, bad := range [][]byte{nil, {0}, {'C'}, {'S', 'x'}, {'M', 'a', 0, 'C', '5'}} {
+		if got := errorCode(bad); got != "" {
+			t.Errorf("errorCode(%q) = %q", bad, got)
+		}
+	}
+}

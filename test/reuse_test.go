@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -325,4 +326,91 @@ func reuseCount(reg *prometheus.Registry, result string) float64 {
 		}
 	}
 	return -1
+}
+
+// Kept backends count against CONNECTION LIMIT and max_connections. A
+// login PostgreSQL accepts and then refuses for want of a slot (53300)
+// runs on the kept backend of the same login, whose slot it lacked; with
+// none, pgveil frees a kept backend and logs in again when the client has
+// not been asked for anything yet. Without that, a client that reconnects
+// would fail where it succeeds without pgveil.
+func TestStartupUpstreamReuseConnectionLimit(t *testing.T) {
+	ctx := context.Background()
+	t.Run("role limit, SCRAM", func(t *testing.T) {
+		p := startProxy(t, proxyOpts{})
+		direct := p.Direct(t)
+		role := "veil_limit1_" + p.DB
+		mustExec(t, direct, "CREATE ROLE "+role+" LOGIN PASSWORD 'limit-secret' CONNECTION LIMIT 1 IN ROLE "+pgtest.AppRole)
+		t.Cleanup(func() { _, _ = direct.Exec(context.Background(), "DROP ROLE IF EXISTS "+role) })
+		dsn := "postgres://" + role + ":limit-secret@" + p.Addr + "/" + p.DB + "?sslmode=disable"
+		c1 := pgtest.ConnectDSN(t, dsn)
+		pid1 := backendPID(t, c1)
+		c1.Close(ctx)
+		waitGauge(t, p.Reg, "pgveil_upstream_idle_connections", 1)
+		for i := 0; i < 3; i++ {
+			c, err := pgx.Connect(ctx, dsn)
+			if err != nil {
+				t.Fatalf("reconnect %d with the role's one slot held by a kept backend: %v", i, err)
+			}
+			if pid := backendPID(t, c); pid != pid1 {
+				t.Fatalf("reconnect %d on backend %d, want the kept %d", i, pid, pid1)
+			}
+			if v := c.PgConn().ParameterStatus("server_version"); v == "" {
+				t.Fatal("no server_version ParameterStatus")
+			}
+			mustExec(t, c, "SELECT 1")
+			if i == 2 {
+				// The client's BackendKeyData is the kept backend's:
+				// cancel reaches it (pgx then closes the connection).
+				cctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+				start := time.Now()
+				_, err = c.Exec(cctx, "SELECT pg_sleep(20)")
+				cancel()
+				if sqlState(err) != "57014" && !errors.Is(err, context.DeadlineExceeded) {
+					t.Fatalf("cancel: %v", err)
+				}
+				if !waitFor(5*time.Second, func() bool {
+					var n int
+					_ = direct.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(20)' AND state = 'active'").Scan(&n)
+					return n == 0
+				}) {
+					t.Fatalf("the cancelled pg_sleep still runs %v later", time.Since(start))
+				}
+				break
+			}
+			c.Close(ctx)
+			waitGauge(t, p.Reg, "pgveil_upstream_idle_connections", 1)
+		}
+	})
+
+	t.Run("database limit, trust, other parameters", func(t *testing.T) {
+		p := startProxy(t, proxyOpts{})
+		direct := p.Direct(t)
+		// The superuser's connections may exceed the limit but count
+		// towards it: leave room for one more.
+		var n int
+		if err := direct.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", p.DB).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		mustExec(t, direct, fmt.Sprintf("ALTER DATABASE %s CONNECTION LIMIT %d", p.DB, n+1))
+		t.Cleanup(func() { _, _ = direct.Exec(context.Background(), "ALTER DATABASE "+p.DB+" CONNECTION LIMIT -1") })
+		a := pgtest.ConnectDSN(t, p.DSN(pgtest.TrustUser, "application_name", "a"))
+		pidA := backendPID(t, a)
+		a.Close(ctx)
+		waitGauge(t, p.Reg, "pgveil_upstream_idle_connections", 1)
+		// Another login: no kept backend of its own, so the kept one
+		// makes room and the login is sent again.
+		b, err := pgx.Connect(ctx, p.DSN(pgtest.TrustUser, "application_name", "b"))
+		if err != nil {
+			t.Fatalf("login with the database's one slot held by another login's kept backend: %v", err)
+		}
+		if backendPID(t, b) == pidA || backendAlive(t, direct, pidA) {
+			t.Fatal("the kept backend was not closed to make room")
+		}
+		var app string
+		if err := b.QueryRow(ctx, "SELECT current_setting('application_name')").Scan(&app); err != nil || app != "b" {
+			t.Fatalf("application_name %q, %v", app, err)
+		}
+		b.Close(ctx)
+	})
 }
