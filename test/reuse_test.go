@@ -32,6 +32,9 @@ func TestStartupUpstreamReuse(t *testing.T) {
 	for _, sql := range []string{
 		"SET work_mem = '77MB'",
 		"SET ROLE " + pgtest.AppRole,
+		// Row-level security keyed on a custom setting, as multi-tenant
+		// applications do.
+		"SELECT set_config('app.tenant_id', '42', false)",
 		"SET search_path = pg_catalog",
 		"CREATE TEMP TABLE reuse_scratch (x int)",
 		"PREPARE reuse_stmt AS SELECT 1",
@@ -66,6 +69,13 @@ func TestStartupUpstreamReuse(t *testing.T) {
 	}
 	if workMem == "77MB" || path == "pg_catalog" || role != pgtest.TrustUser || listening != 0 || locks != 0 {
 		t.Fatalf("state survived the reset: work_mem %s, search_path %s, role %s, %d channels, %d advisory locks", workMem, path, role, listening, locks)
+	}
+	var tenant *string
+	if err := c2.QueryRow(ctx, "SELECT current_setting('app.tenant_id', true)").Scan(&tenant); err != nil {
+		t.Fatal(err)
+	}
+	if tenant != nil && *tenant == "42" {
+		t.Fatal("a custom setting survived the reset")
 	}
 	for sql, code := range map[string]string{
 		"SELECT * FROM reuse_scratch":  "42P01",
