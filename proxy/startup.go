@@ -311,6 +311,7 @@ func (s *Session) relayAuth(ctx context.Context, deadline time.Time, startup []b
 					// Nothing the client sent was used: log in again
 					// once the closed backend has left its slot.
 					retries++
+					authOK = false
 					time.Sleep(time.Duration(retries) * 20 * time.Millisecond)
 					if err := s.reconnectForLogin(ctx, deadline, startup); err != nil {
 						return err
