@@ -372,16 +372,8 @@ func (s *Session) releaseUpstream() {
 // client gets the kept login's ParameterStatus frames, the kept
 // connection's BackendKeyData and ReadyForQuery. [startup]
 func (s *Session) startOnKept(u *idleUpstream, deadline time.Time) error {
-	s.connMu.Lock()
-	login := s.upstream
-	s.upstream = u.conn
-	s.upstreamCancel = u.cancel
-	s.connMu.Unlock()
-	login.Close()
+	s.moveToKept(u, deadline).Close()
 	s.startupParams = append(s.startupParams[:0], u.params...)
-	_ = u.conn.SetDeadline(deadline)
-	s.ur = newFrameReaderSize(u.conn, s.snap.Config.Proxy.MaxMessageSize, startupReadBufferSize)
-	s.uw = bufio.NewWriterSize(u.conn, eventWriteBufferSize)
 	if _, err := s.cw.Write(u.params); err != nil {
 		return err
 	}
@@ -423,14 +415,19 @@ func (s *Session) takeIdleUpstream(deadline time.Time) {
 	if u == nil {
 		return
 	}
+	terminate(s.moveToKept(u, deadline))
+}
+
+// moveToKept makes the kept connection u the session's upstream and
+// returns the connection the client logged in on. [startup]
+func (s *Session) moveToKept(u *idleUpstream, deadline time.Time) (login net.Conn) {
 	s.connMu.Lock()
-	login := s.upstream
+	login = s.upstream
 	s.upstream = u.conn
 	s.upstreamCancel = u.cancel
 	s.connMu.Unlock()
-	terminate(login)
 	_ = u.conn.SetDeadline(deadline)
-	limit := s.snap.Config.Proxy.MaxMessageSize
-	s.ur = newFrameReaderSize(u.conn, limit, startupReadBufferSize)
+	s.ur = newFrameReaderSize(u.conn, s.snap.Config.Proxy.MaxMessageSize, startupReadBufferSize)
 	s.uw = bufio.NewWriterSize(u.conn, eventWriteBufferSize)
+	return login
 }
