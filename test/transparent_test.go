@@ -358,6 +358,22 @@ func TestTransparentTLS(t *testing.T) {
 			if want := tc.upstream != "disable"; ssl != want {
 				t.Fatalf("upstream mode %s: Postgres sees ssl=%v", tc.upstream, ssl)
 			}
+			// The backend is kept when the client leaves, and the next
+			// login carries on it, over the same TLS connection.
+			var pid int
+			if err := conn.QueryRow(context.Background(), "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+				t.Fatal(err)
+			}
+			conn.Close(context.Background())
+			waitGauge(t, p.Reg, "pgveil_upstream_idle_connections", 1)
+			again := pgtest.ConnectDSN(t, dsn)
+			var pid2 int
+			if err := again.QueryRow(context.Background(), "SELECT pg_backend_pid(), ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&pid2, &ssl); err != nil {
+				t.Fatal(err)
+			}
+			if pid2 != pid || ssl != (tc.upstream != "disable") {
+				t.Fatalf("second login on backend %d (ssl=%v), want the kept %d", pid2, ssl, pid)
+			}
 		})
 	}
 	t.Run("plaintext-after-sslrequest", func(t *testing.T) {
