@@ -65,9 +65,9 @@ const (
 // PostgreSQL connection whose client left, or of a kept one.
 const (
 	ReuseKept    = "kept"     // reset and kept for the next client
-	ReuseNotKept = "not_kept" // closed with its client (busy, in a transaction, pool full, reset failed)
+	ReuseNotKept = "not_kept" // left idle by its client but closed (keeping off, draining, reset failed)
 	ReuseTaken   = "taken"    // handed to a client that logged in
-	ReuseExpired = "expired"  // closed after proxy.upstream_idle_timeout
+	ReuseExpired = "expired"  // closed after proxy.upstream_idle_timeout, or to make room
 	ReuseStale   = "stale"    // found closed or talking when taken; closed
 )
 

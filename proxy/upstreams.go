@@ -322,13 +322,13 @@ func (s *Session) keepUpstream(conn net.Conn, leftover bool) {
 	limit := snap.Config.Proxy.IdleUpstreams()
 	if leftover || limit <= 0 || srv.draining.Load() || srv.closed.Load() || s.poolKey == "" {
 		terminate(conn)
-		srv.Metrics.UpstreamReuse(ReuseNotKept, srv.idle.len())
+		s.notKept()
 		return
 	}
 	if err := resetUpstream(conn); err != nil {
 		s.log.Debug("upstream connection not kept: reset failed", "error", err.Error())
 		conn.Close()
-		srv.Metrics.UpstreamReuse(ReuseNotKept, srv.idle.len())
+		s.notKept()
 		return
 	}
 	s.connMu.Lock()
@@ -337,8 +337,14 @@ func (s *Session) keepUpstream(conn net.Conn, leftover bool) {
 	u := &idleUpstream{key: s.poolKey, conn: conn, cancel: k, params: s.startupParams}
 	if !srv.idle.put(u, limit, snap.Config.Proxy.UpstreamIdleTimeout.D(), srv.Metrics) {
 		terminate(conn)
-		srv.Metrics.UpstreamReuse(ReuseNotKept, srv.idle.len())
+		s.notKept()
 	}
+}
+
+// notKept counts an upstream connection that its client left idle but that
+// was closed all the same.
+func (s *Session) notKept() {
+	s.srv.Metrics.UpstreamReuse(ReuseNotKept, s.srv.idle.len())
 }
 
 // releaseUpstream hands the session's upstream connection to keepUpstream
@@ -351,7 +357,7 @@ func (s *Session) releaseUpstream() {
 		if conn != nil {
 			s.keepUpstream(conn, leftover)
 		} else {
-			s.srv.Metrics.UpstreamReuse(ReuseNotKept, s.srv.idle.len())
+			s.notKept()
 		}
 		return
 	}
