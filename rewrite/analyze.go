@@ -113,13 +113,31 @@ type analyzer struct {
 	copy       *CopyPlan
 	inPrepare  bool
 	work       bool // something beyond default literal slots
+	// sp resolves table names written without a schema (nil: public);
+	// unqualified and searchPath become Plan.Unqualified and
+	// Plan.SearchPathChange.
+	sp          *SearchPath
+	unqualified bool
+	searchPath  bool
+}
+
+// table finds the configured table a name in the statement refers to: with
+// its schema, or else through the session's search path.
+func (a *analyzer) table(schema, name string) *tableRule {
+	if schema == "" {
+		if a.r.hasName(name) {
+			a.unqualified = true
+		}
+		schema = a.sp.Schema(name)
+	}
+	return a.r.table(schema, name)
 }
 
 // analyze parses and plans sql (normalized to key). exact reports that the
 // plan was made from the original text.
-func (r *Rules) analyze(sql, key string, lits []Literal) (plan *Plan, exact bool, err error) {
+func (r *Rules) analyze(sql, key string, lits []Literal, sp *SearchPath) (plan *Plan, exact bool, err error) {
 	_, maxParam := scanConstants(sql, nil)
-	a := &analyzer{r: r, sql: sql, t: key, normalized: true, lits: lits, maxClient: maxParam, tables: map[string]bool{}}
+	a := &analyzer{r: r, sql: sql, t: key, normalized: true, lits: lits, maxClient: maxParam, tables: map[string]bool{}, sp: sp}
 	tree, perr := pg.Parse(key)
 	if perr != nil && key != sql {
 		if t2, err2 := pg.Parse(sql); err2 == nil {
@@ -202,6 +220,7 @@ func (r *Rules) refusePlan(e *RefusalError, a *analyzer) *Plan {
 	if a != nil {
 		p.Tables = sortedKeys(a.tables)
 		p.DDL = a.ddl
+		p.Unqualified, p.SearchPathChange = a.unqualified, a.searchPath
 	}
 	if e.Table != "" && !contains(p.Tables, e.Table) {
 		p.Tables = append(p.Tables, e.Table)
@@ -671,6 +690,22 @@ func (a *analyzer) stmt(n *pg.Node, parent *scope) (outs []outCol, unknown bool,
 			}
 		}
 		return nil, false, false
+	case *pg.Node_VariableSetStmt:
+		// SET [LOCAL] search_path / role / session_authorization ("$user"
+		// in the path follows them), RESET of those, RESET ALL.
+		switch x.VariableSetStmt.Name {
+		case "search_path", "role", "session_authorization":
+			a.searchPath = true
+		}
+		if x.VariableSetStmt.Kind == pg.VariableSetKind_VAR_RESET_ALL {
+			a.searchPath = true
+		}
+	case *pg.Node_DiscardStmt:
+		// DISCARD ALL resets the path; DISCARD TEMP drops temporary tables
+		// that may have hidden a configured one.
+		if t := x.DiscardStmt.Target; t == pg.DiscardMode_DISCARD_ALL || t == pg.DiscardMode_DISCARD_TEMP {
+			a.searchPath = true
+		}
 	case *pg.Node_MergeStmt:
 		before := len(a.tables)
 		a.collectTables(x.MergeStmt.ProtoReflect())
@@ -713,7 +748,7 @@ func isDDL(n *pg.Node) bool {
 // collectTables records configured tables named anywhere under m.
 func (a *analyzer) collectTables(m protoreflect.Message) {
 	if rv, ok := m.Interface().(*pg.RangeVar); ok {
-		if t := a.r.table(rv.Schemaname, rv.Relname); t != nil {
+		if t := a.table(rv.Schemaname, rv.Relname); t != nil {
 			a.tables[t.qname] = true
 		}
 		return
@@ -739,7 +774,7 @@ func (a *analyzer) touchesConfigured(m protoreflect.Message) bool {
 	var walk func(m protoreflect.Message)
 	walk = func(m protoreflect.Message) {
 		if rv, ok := m.Interface().(*pg.RangeVar); ok {
-			if a.r.table(rv.Schemaname, rv.Relname) != nil {
+			if a.table(rv.Schemaname, rv.Relname) != nil {
 				found = true
 			}
 			return
@@ -952,6 +987,14 @@ func (a *analyzer) sortLike(n *pg.Node, sc *scope, outs []outCol, unknown bool, 
 		if !unknown && pos >= 1 && pos <= len(outs) && outs[pos-1].enc != nil {
 			a.refuseCol(outs[pos-1].enc, op, reason, "")
 		}
+		if unknown {
+			// a position among columns of * that pgveil cannot count
+			for _, o := range outs {
+				if o.enc != nil {
+					a.refuseCol(o.enc, op+" by position next to *", reason, "name the column instead of its position")
+				}
+			}
+		}
 		return
 	}
 	if cr := n.GetColumnRef(); cr != nil {
@@ -1007,7 +1050,7 @@ func (a *analyzer) targets(list []*pg.Node, sc *scope) ([]outCol, bool) {
 			if name == "" {
 				name = f[len(f)-1]
 			}
-			outs = append(outs, outCol{name: name, enc: res.enc, hash: res.hash})
+			outs = append(outs, outCol{name: name, enc: res.enc, hash: res.hash, lost: res.lost && res.enc != nil})
 			continue
 		}
 		if sl := rt.Val.GetSubLink(); sl != nil && sl.SubLinkType == pg.SubLinkType_EXPR_SUBLINK {
@@ -1040,6 +1083,12 @@ func (a *analyzer) starOuts(sc *scope, f []string) ([]outCol, bool) {
 	} else if r := a.findRTE(sc, f[:len(f)-1]); r != nil {
 		rtes = []*rte{r}
 	}
+	return a.outsOf(rtes)
+}
+
+// outsOf lists the output columns pgveil knows of the range entries, in
+// order; unknown reports that others may come between them.
+func (a *analyzer) outsOf(rtes []*rte) ([]outCol, bool) {
 	var outs []outCol
 	unknown := false
 	for _, r := range rtes {
@@ -1083,13 +1132,17 @@ type colRes struct {
 	hash   *colRule
 	rte    *rte
 	hashOK bool // the blind index is reachable through the same range entry
+	// lost: the column of a derived table whose RowDescription names no
+	// origin (a set operation's output, a scalar subquery's value), so a
+	// reference to it must be decrypted by position too.
+	lost bool
 }
 
 func lookupIn(r *rte, col string) (colRes, bool) {
 	if r.derived {
 		for _, o := range r.outs {
 			if o.name == col {
-				res := colRes{enc: o.enc, hash: o.hash, rte: r}
+				res := colRes{enc: o.enc, hash: o.hash, rte: r, lost: o.lost}
 				if o.enc != nil && o.enc.blind != "" {
 					for _, h := range r.outs {
 						if h.hash == o.enc && h.name == o.enc.blind {
@@ -1117,13 +1170,25 @@ func lookupIn(r *rte, col string) (colRes, bool) {
 // an expression (row_to_json(u)): its encrypted fields would not be decrypted.
 func (a *analyzer) wholeRow(sc *scope, cr *pg.ColumnRef) {
 	f := fieldNames(cr)
-	if len(f) != 1 {
-		return
+	var rtes []*rte
+	switch {
+	case f[len(f)-1] == "*":
+		// u.* inside an expression (to_jsonb(u.*), (u.*)::text, ROW(u.*)):
+		// the same whole row. A * in the select list never gets here.
+		if len(f) == 1 {
+			rtes = sc.rtes
+		} else if r := a.findRTE(sc, f[:len(f)-1]); r != nil {
+			rtes = []*rte{r}
+		}
+	case len(f) == 1:
+		if res := a.resolve(sc, f); res.rte != nil {
+			return
+		}
+		if r := a.findRTE(sc, f); r != nil {
+			rtes = []*rte{r}
+		}
 	}
-	if res := a.resolve(sc, f); res.rte != nil {
-		return
-	}
-	if r := a.findRTE(sc, f); r != nil {
+	for _, r := range rtes {
 		if r.table != nil {
 			a.refuseTable(r.table, "a whole-row reference", ReasonFunction, "select the columns by name")
 		}
@@ -1145,6 +1210,12 @@ func (a *analyzer) resolve(sc *scope, f []string) colRes {
 	}
 	col := f[len(f)-1]
 	if len(f) == 1 {
+		// unsure: a scope already passed has a range entry whose columns
+		// pgveil does not all know (any table: pgveil knows only the
+		// encrypted columns of a configured one). PostgreSQL binds the name
+		// to that inner table if it has such a column, so an encrypted
+		// column found further out may not be the one meant.
+		unsure := false
 		for s := sc; s != nil; s = s.parent {
 			var hit *colRes
 			for _, r := range s.rtes {
@@ -1163,7 +1234,14 @@ func (a *analyzer) resolve(sc *scope, f []string) colRes {
 				}
 			}
 			if hit != nil {
+				if unsure && hit.enc != nil {
+					a.refuseCol(hit.enc, "an unqualified column of an outer query", ReasonUnsupported,
+						"qualify the column with its table (t.col): a table of the subquery may have a column of that name")
+				}
 				return *hit
+			}
+			for _, r := range s.rtes {
+				unsure = unsure || !r.derived || r.unknown
 			}
 		}
 		return colRes{}
@@ -1196,7 +1274,7 @@ func (a *analyzer) fromItem(n *pg.Node, sc *scope) {
 				return
 			}
 		}
-		t := a.r.table(rv.Schemaname, rv.Relname)
+		t := a.table(rv.Schemaname, rv.Relname)
 		if t != nil {
 			a.tables[t.qname] = true
 			if rv.Alias != nil && len(rv.Alias.Colnames) > 0 {
@@ -1235,8 +1313,20 @@ func (a *analyzer) fromItem(n *pg.Node, sc *scope) {
 		_ = mid
 		a.expr(j.Quals, sc, use{"a JOIN condition", ReasonUnsupported})
 		if j.Alias != nil {
-			// (a JOIN b) AS j: the inner names stay resolvable; j names the join
-			sc.rtes = append(sc.rtes, &rte{name: j.Alias.Aliasname, derived: true})
+			// (a JOIN b) AS j: j names the join's columns and hides the
+			// inner names, as in PostgreSQL.
+			outs, unknown := a.outsOf(sc.rtes[before:])
+			if len(j.Alias.Colnames) > 0 {
+				if unknown {
+					for _, o := range outs {
+						if o.enc != nil {
+							a.refuseCol(o.enc, "column aliases on a join of an encrypted table", ReasonUnsupported, "alias the columns in the select list instead")
+						}
+					}
+				}
+				outs = renameOuts(outs, j.Alias.Colnames)
+			}
+			sc.rtes = append(sc.rtes[:before], &rte{name: j.Alias.Aliasname, derived: true, outs: outs, unknown: unknown})
 		}
 	case *pg.Node_RangeSubselect:
 		rs := x.RangeSubselect
@@ -1249,6 +1339,14 @@ func (a *analyzer) fromItem(n *pg.Node, sc *scope) {
 			}
 		}
 		sc.rtes = append(sc.rtes, &rte{name: name, derived: true, outs: outs, unknown: unknown})
+	case *pg.Node_RangeTableSample:
+		// t TABLESAMPLE method (args): the table as itself.
+		ts := x.RangeTableSample
+		a.fromItem(ts.Relation, sc)
+		for _, arg := range ts.Args {
+			a.expr(arg, sc, use{"TABLESAMPLE", ReasonFunction})
+		}
+		a.expr(ts.Repeatable, sc, use{"TABLESAMPLE", ReasonFunction})
 	case *pg.Node_RangeFunction:
 		for _, f := range x.RangeFunction.Functions {
 			a.generic(f.ProtoReflect(), sc, use{"a function in FROM", ReasonFunction})
@@ -1309,7 +1407,7 @@ func (a *analyzer) expr(n *pg.Node, sc *scope, u use) {
 		}
 		a.expr(x.TypeCast.Arg, sc, use{"a cast to " + tn, ReasonFunction})
 	case *pg.Node_SubLink:
-		a.sublink(x.SubLink, sc)
+		a.sublink(x.SubLink, sc, u)
 	case *pg.Node_SelectStmt:
 		a.selectStmt(x.SelectStmt, sc)
 	case *pg.Node_SortBy:
@@ -1371,6 +1469,10 @@ func (a *analyzer) funcCall(f *pg.FuncCall, sc *scope) {
 	if len(f.Funcname) > 0 {
 		name = strings.ToLower(f.Funcname[len(f.Funcname)-1].GetString_().GetSval())
 	}
+	if name == "set_config" {
+		// its setting name is a constant the plan cache does not key on
+		a.searchPath = true
+	}
 	if name == "count" && len(f.Args) == 1 {
 		if cr := f.Args[0].GetColumnRef(); cr != nil {
 			if res := a.resolveRef(sc, cr); res.enc != nil && f.AggDistinct {
@@ -1397,9 +1499,18 @@ rest:
 	}
 }
 
-func (a *analyzer) sublink(s *pg.SubLink, sc *scope) {
+func (a *analyzer) sublink(s *pg.SubLink, sc *scope, u use) {
 	outs, _ := a.selectNode(s.Subselect, sc)
 	if s.Testexpr == nil {
+		// (SELECT col ...) or ARRAY(SELECT col ...) used inside an
+		// expression: its value is a token there, and what the expression
+		// computes from it (a comparison, a function, a cast) would be
+		// computed on ciphertext. Only a bare scalar subquery in the select
+		// list is decrypted (targets).
+		if (s.SubLinkType == pg.SubLinkType_EXPR_SUBLINK || s.SubLinkType == pg.SubLinkType_ARRAY_SUBLINK) && len(outs) > 0 && outs[0].enc != nil {
+			a.refuseCol(outs[0].enc, "a subquery's value in "+u.op, u.reason,
+				"select the subquery on its own in the select list, or compare the column inside the subquery")
+		}
 		return
 	}
 	if cr := s.Testexpr.GetColumnRef(); cr != nil {
@@ -1521,7 +1632,7 @@ func (a *analyzer) aexpr(x *pg.A_Expr, sc *scope) {
 		v, ok := a.value(other, false)
 		if !ok || v.kind == vDefault {
 			if other.GetSubLink() != nil {
-				a.sublink(other.GetSubLink(), sc)
+				a.sublink(other.GetSubLink(), sc, use{"comparison with a subquery", ReasonUnsupported})
 			}
 			a.refuseCol(enc, "comparison with an expression", ReasonUnsupported, "compare with a literal or a parameter")
 		}
@@ -1794,7 +1905,7 @@ func (a *analyzer) lookup(res colRes, cs refSpan, lk lookupOp, form lookupForm, 
 // ---- writes
 
 func (a *analyzer) targetRTE(rv *pg.RangeVar) (*rte, *tableRule) {
-	t := a.r.table(rv.Schemaname, rv.Relname)
+	t := a.table(rv.Schemaname, rv.Relname)
 	if t != nil {
 		a.tables[t.qname] = true
 	}
@@ -1821,11 +1932,19 @@ func (a *analyzer) insert(s *pg.InsertStmt, parent *scope) ([]outCol, bool) {
 		return a.targets(s.ReturningList, &scope{parent: sc, rtes: []*rte{target}})
 	}
 	encAt := map[int]*colRule{}
+	blindAt := map[int]*colRule{} // blind-index columns the client names itself
+	encPos := map[*colRule]int{}
 	listed := map[string]bool{}
 	for i, c := range s.Cols {
 		rt := c.GetResTarget()
 		listed[rt.Name] = true
+		if hc := t.hashCols[rt.Name]; hc != nil {
+			blindAt[i] = hc
+		}
 		if cr := t.cols[rt.Name]; cr != nil {
+			if _, dup := encPos[cr]; !dup {
+				encPos[cr] = i
+			}
 			if len(rt.Indirection) > 0 {
 				a.refuseCol(cr, "assigning to a part of an encrypted column", ReasonUnsupported, "assign the whole column")
 			}
@@ -1896,6 +2015,16 @@ func (a *analyzer) insert(s *pg.InsertStmt, parent *scope) ([]outCol, bool) {
 						a.addEdit(v.innerStart, v.innerEnd, a.core(v, a.action(OpEncrypt, cr)))
 					}
 				}
+				for i, hc := range blindAt {
+					if i < len(items) {
+						pos, ok := encPos[hc]
+						var encVal *valRef
+						if ok {
+							encVal = &vals[pos]
+						}
+						a.blindValue(items[i], hc, encVal, true)
+					}
+				}
 				if len(adds) > 0 {
 					var ps []piece
 					for _, h := range adds {
@@ -1918,6 +2047,38 @@ func (a *analyzer) insert(s *pg.InsertStmt, parent *scope) ([]outCol, bool) {
 	}
 	a.onConflict(s.OnConflictClause, &scope{parent: sc, rtes: []*rte{target, {name: "excluded", table: t}}}, t)
 	return a.targets(s.ReturningList, &scope{parent: sc, rtes: []*rte{target}})
+}
+
+// blindValue handles a value the client writes to a blind-index column
+// itself (Rails inserts every column, email_hash = NULL among them). The
+// blind index must be the hash of the column it indexes, or lookups miss
+// the row: with the encrypted column written in the same statement (enc,
+// nil otherwise), pgveil puts that hash in place of the client's value;
+// without it, only NULL or DEFAULT pass where they agree with the
+// encrypted column (nullOK: an INSERT that leaves it out), anything else is
+// refused.
+func (a *analyzer) blindValue(item *pg.Node, hc *colRule, enc *valRef, nullOK bool) {
+	v, ok := a.value(item, false)
+	if enc == nil {
+		if nullOK && ok && (v.kind == vNull || v.kind == vDefault) {
+			return
+		}
+		a.refuseCol(hc, "writing its blind index "+hc.blind+" without the column", ReasonUnsupported,
+			"write "+hc.name+" and leave "+hc.blind+" out: pgveil fills it")
+	}
+	if !ok {
+		a.refuseCol(hc, "writing an expression to its blind index "+hc.blind, ReasonUnsupported,
+			"leave "+hc.blind+" out (or write NULL): pgveil fills it from "+hc.name)
+	}
+	hash := a.core(*enc, a.action(OpHash, hc))
+	switch v.kind {
+	case vParam, vLit:
+		// The client's value still appears, so a parameter keeps a type
+		// and a literal its slot; only the hash is stored.
+		a.addEdit(v.outerStart, v.outerEnd, txt("CASE WHEN ("), a.core(v, Action{}), txt(")::text IS NULL THEN "), hash, txt(" ELSE "), hash, txt(" END"))
+	default:
+		a.addEdit(v.outerStart, v.outerEnd, hash)
+	}
 }
 
 // valuesRows finds the closing parenthesis of every VALUES row after pos.
@@ -2026,6 +2187,17 @@ func (a *analyzer) setList(list []*pg.Node, sc *scope, t *tableRule) {
 			listed[rt.Name] = true
 		}
 	}
+	// values of the encrypted columns set, for blind indexes set with them
+	encVals := map[*colRule]valRef{}
+	if t != nil {
+		for _, n := range list {
+			if rt := n.GetResTarget(); rt != nil && t.cols[rt.Name] != nil && rt.Val.GetMultiAssignRef() == nil {
+				if v, ok := a.value(rt.Val, false); ok {
+					encVals[t.cols[rt.Name]] = v
+				}
+			}
+		}
+	}
 	for _, n := range list {
 		rt := n.GetResTarget()
 		if rt == nil {
@@ -2034,6 +2206,21 @@ func (a *analyzer) setList(list []*pg.Node, sc *scope, t *tableRule) {
 		var cr *colRule
 		if t != nil {
 			cr = t.cols[rt.Name]
+			if hc := t.hashCols[rt.Name]; hc != nil && rt.Val.GetMultiAssignRef() == nil {
+				if ref := rt.Val.GetColumnRef(); ref != nil {
+					// SET email_hash = EXCLUDED.email_hash (an upsert that
+					// lists every column): a blind index copied as it is.
+					if f := fieldNames(ref); f[len(f)-1] == hc.blind && listed[hc.name] {
+						continue
+					}
+				}
+				if v, ok := encVals[hc]; ok {
+					a.blindValue(rt.Val, hc, &v, false)
+				} else {
+					a.blindValue(rt.Val, hc, nil, false)
+				}
+				continue
+			}
 		}
 		if mar := rt.Val.GetMultiAssignRef(); mar != nil {
 			if cr != nil {
@@ -2111,7 +2298,14 @@ func (a *analyzer) copyOptions(opts []*pg.Node, cp *CopyPlan) {
 			continue
 		}
 		sval := ""
+		var cols CopyColumns // FORCE_* options: (col, ...) or *
 		switch v := de.Arg.GetNode().(type) {
+		case *pg.Node_List:
+			for _, it := range v.List.Items {
+				cols.Names = append(cols.Names, it.GetString_().GetSval())
+			}
+		case *pg.Node_AStar:
+			cols.All = true
 		case *pg.Node_String_:
 			sval = v.String_.Sval
 		case *pg.Node_Boolean:
@@ -2152,6 +2346,33 @@ func (a *analyzer) copyOptions(opts []*pg.Node, cp *CopyPlan) {
 		case "null":
 			s := sval
 			null = &s
+		case "force_not_null":
+			cp.ForceNotNull = cols
+		case "force_null":
+			cp.ForceNull = cols
+		case "force_quote":
+			cp.ForceQuote = cols
+		case "encoding":
+			// pgveil encrypts and decrypts the bytes as UTF-8 text: data
+			// in another encoding would be stored or returned mangled.
+			// Names compare as PostgreSQL's clean_encoding_name does.
+			e := strings.Map(func(r rune) rune {
+				if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+					return r
+				}
+				if r >= 'A' && r <= 'Z' {
+					return r + 'a' - 'A'
+				}
+				return -1
+			}, sval)
+			if e != "utf8" && e != "unicode" {
+				table := ""
+				if ts := sortedKeys(a.tables); len(ts) > 0 {
+					table = ts[0]
+				}
+				a.refuse(&RefusalError{Table: table, Op: "COPY with ENCODING '" + sval + "'", Reason: ReasonUnsupported,
+					Hint: "omit the ENCODING option and send or read the data as UTF-8 (client_encoding UTF8): pgveil encrypts and decrypts text as UTF-8"})
+			}
 		case "header":
 			switch strings.ToLower(sval) {
 			case "true", "on", "1", "match":
@@ -2262,6 +2483,12 @@ func (a *analyzer) copyStmt(s *pg.CopyStmt, parent *scope) {
 	listed := map[string]bool{}
 	for _, n := range names {
 		listed[n] = true
+		if hc := t.hashCols[n]; hc != nil {
+			// Its fields would be stored as the client wrote them, not as
+			// the hash of the column they index.
+			a.refuseCol(hc, "COPY into its blind index "+hc.blind, ReasonUnsupported,
+				"leave "+hc.blind+" out of the column list: pgveil fills it from "+hc.name)
+		}
 	}
 	cp.Columns = append(cp.Columns, names...)
 	var add []string
@@ -2309,7 +2536,8 @@ func (a *analyzer) copyStmt(s *pg.CopyStmt, parent *scope) {
 // ---- plan assembly
 
 func (a *analyzer) finish() *Plan {
-	p := &Plan{Kind: KindPassthrough, NumClientParams: a.maxClient, Tables: sortedKeys(a.tables), DDL: a.ddl}
+	p := &Plan{Kind: KindPassthrough, NumClientParams: a.maxClient, Tables: sortedKeys(a.tables), DDL: a.ddl,
+		Unqualified: a.unqualified, SearchPathChange: a.searchPath}
 	p.Results = a.results
 	p.Copy = a.copy
 	if !a.work && len(a.results) == 0 {

@@ -172,6 +172,11 @@ func (r *Rewriter) Plan(sql string) (*Plan, []Literal, CacheResult, error) {
 // cache hit allocates nothing. One goroutine at a time; the literals
 // PlanScratch returns live in it until the next call.
 type Scratch struct {
+	// SearchPath is the session's resolution of table names without a
+	// schema (nil: public); the caller sets it, plans are made and cached
+	// for it.
+	SearchPath *SearchPath
+
 	lits []Literal
 	key  []byte
 	// memo is the last statement shape planned with this scratch: the
@@ -184,6 +189,7 @@ type Scratch struct {
 // planMemo is a statement's text, its constants and its plan.
 type planMemo struct {
 	r     *Rewriter
+	sp    *SearchPath
 	plan  *Plan
 	sql   []byte // a copy
 	lits  []Literal
@@ -194,12 +200,12 @@ type planMemo struct {
 const maxMemoSQL = 8 << 10
 
 // remember makes sql, planned by r as p with constants lits, the memo.
-func (m *planMemo) remember(r *Rewriter, p *Plan, sql string, lits []Literal) {
+func (m *planMemo) remember(r *Rewriter, sp *SearchPath, p *Plan, sql string, lits []Literal) {
 	if len(sql) > maxMemoSQL {
 		m.plan = nil
 		return
 	}
-	m.r, m.plan = r, p
+	m.r, m.sp, m.plan = r, sp, p
 	m.sql = append(m.sql[:0], sql...)
 	m.lits = append(m.lits[:0], lits...)
 	m.kinds = m.kinds[:0]
@@ -241,7 +247,7 @@ func (m *planMemo) match(sql string, out []Literal) ([]Literal, bool) {
 // so sql may be a view of a buffer the caller reuses once it has rendered
 // the plan.
 func (r *Rewriter) PlanScratch(sql string, sc *Scratch) (*Plan, []Literal, CacheResult, error) {
-	if sc != nil && sc.memo.plan != nil && sc.memo.r == r {
+	if sc != nil && sc.memo.plan != nil && sc.memo.r == r && sc.memo.sp == sc.SearchPath {
 		// The memo's text names a configured table (it was planned), and
 		// a match has the same words: no need to ask Mentions.
 		if lits, ok := sc.memo.match(sql, sc.lits[:0]); ok {
@@ -258,6 +264,7 @@ func (r *Rewriter) PlanScratch(sql string, sc *Scratch) (*Plan, []Literal, Cache
 	if sc == nil {
 		sc = &Scratch{}
 	}
+	sp := sc.SearchPath
 	lits, maxParam := scanConstants(sql, sc.lits[:0])
 	sc.lits = lits
 	if len(lits) == 0 {
@@ -271,21 +278,26 @@ func (r *Rewriter) PlanScratch(sql string, sc *Scratch) (*Plan, []Literal, Cache
 	normLen := len(kb)
 	kb = append(kb, 0)
 	kb = strconv.AppendInt(kb, int64(len(lits)), 10)
+	if sp != nil {
+		// another session's resolution of unqualified names, another plan
+		kb = append(kb, 0)
+		kb = append(kb, sp.id...)
+	}
 	sc.key = kb
 	// A view of the scratch bytes for the lookup only: get does not keep it.
 	view := unsafe.String(unsafe.SliceData(kb), len(kb))
 	if p, exact, ok := r.cache.get(view); ok {
 		if !exact {
-			sc.memo.remember(r, p, sql, lits)
+			sc.memo.remember(r, sp, p, sql, lits)
 			return p, lits, CacheHit, nil
 		}
-		if p, _, ok := r.cache.get(exactKey(sql)); ok {
+		if p, _, ok := r.cache.get(exactKey(sql, sp)); ok {
 			return p, lits, CacheHit, nil
 		}
 	}
 	key, ckey := string(kb[:normLen]), string(kb)
 	sql = strings.Clone(sql)
-	p, exact, err := r.rules.analyze(sql, key, lits)
+	p, exact, err := r.rules.analyze(sql, key, lits, sp)
 	if err != nil {
 		return nil, nil, CacheMiss, err
 	}
@@ -295,23 +307,33 @@ func (r *Rewriter) PlanScratch(sql string, sc *Scratch) (*Plan, []Literal, Cache
 		// the original text and may depend on its constants, so it is
 		// cached by the exact text; the normalized key only records that.
 		r.cache.put(ckey, p, true)
-		r.cache.put(exactKey(sql), p, false)
+		r.cache.put(exactKey(sql, sp), p, false)
 	} else {
 		r.cache.put(ckey, p, false)
-		sc.memo.remember(r, p, sql, lits)
+		sc.memo.remember(r, sp, p, sql, lits)
 	}
 	return p, lits, CacheMiss, nil
 }
 
-func exactKey(sql string) string { return "\x00" + sql }
+func exactKey(sql string, sp *SearchPath) string {
+	if sp != nil {
+		return "\x00" + sp.id + "\x00" + sql
+	}
+	return "\x00" + sql
+}
 
 // Analyze plans sql without a cache; see Rewriter.Plan.
 func (r *Rules) Analyze(sql string) (*Plan, []Literal, error) {
+	return r.AnalyzeIn(sql, nil)
+}
+
+// AnalyzeIn is Analyze for a session whose search path resolves names as sp.
+func (r *Rules) AnalyzeIn(sql string, sp *SearchPath) (*Plan, []Literal, error) {
 	if !r.Mentions(sql) {
 		return passthroughPlan, nil, nil
 	}
 	key, lits := Normalize(sql)
-	p, _, err := r.analyze(sql, key, lits)
+	p, _, err := r.analyze(sql, key, lits, sp)
 	if err != nil {
 		return nil, nil, err
 	}

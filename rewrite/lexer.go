@@ -1,8 +1,6 @@
 package rewrite
 
 import (
-	"errors"
-	"math/big"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -112,10 +110,9 @@ func (l *lexer) next() token {
 		i, k = scanQuoted(s, i+1, true)
 		i, k = scanContinuation(s, i, k, true)
 	case (c == 'n' || c == 'N' || c == 'b' || c == 'B' || c == 'x' || c == 'X') && i+1 < len(s) && s[i+1] == '\'':
+		// Bit strings continue across a newline as other strings do.
 		i, k = scanQuoted(s, i+1, false)
-		if c == 'n' || c == 'N' {
-			i, k = scanContinuation(s, i, k, false)
-		}
+		i, k = scanContinuation(s, i, k, false)
 	case (c == 'u' || c == 'U') && i+2 < len(s) && s[i+1] == '&' && (s[i+2] == '\'' || s[i+2] == '"'):
 		if s[i+2] == '"' {
 			i, k = scanDoubleQuoted(s, i+2)
@@ -461,15 +458,50 @@ func appendNormalized(dst []byte, sql string, lits []Literal, maxParam int) []by
 	return append(dst, sql[prev:]...)
 }
 
-// ErrBadLiteral is returned by Literal.Value for a constant it cannot decode.
-var ErrBadLiteral = errors.New("pgveil: malformed constant")
+// SQLSTATEs of the constants Literal.Value refuses.
+const (
+	codeInvalidTextRepresentation = "22P02" // a bit string with a digit of the wrong kind, a malformed escape
+	codeNumericOutOfRange         = "22003" // a number numeric cannot hold
+)
 
-// Value decodes the literal's value from the text it was found in, as
-// PostgreSQL would with standard_conforming_strings on: ” doubling in
-// quoted strings; backslash escapes (\n, \x.., octal, \u, \U) in E”
-// strings; Unicode escapes in U&” strings; dollar-quoted bodies verbatim;
-// numbers as written (digit separators removed, non-decimal integers
-// converted to decimal); bit strings as their digits.
+// LiteralError is a constant Literal.Value does not decode: one PostgreSQL
+// would reject too, or one whose value pgveil cannot compute exactly as
+// PostgreSQL would. Its message names the form of the constant, never its
+// value, and reads after "malformed constant for table.column: ".
+type LiteralError struct {
+	code, msg, hint string
+}
+
+func (e *LiteralError) Error() string    { return e.msg }
+func (e *LiteralError) SQLState() string { return e.code }
+func (e *LiteralError) Hint() string     { return e.hint }
+
+var (
+	// ErrBadLiteral is returned by Literal.Value for a constant it cannot
+	// decode.
+	ErrBadLiteral = &LiteralError{code: codeInvalidTextRepresentation, msg: "invalid constant"}
+	// ErrNumberForm is returned for an integer in hexadecimal, octal or
+	// binary (0x1F, 0o17, 0b101) or with digit separators (1_000):
+	// PostgreSQL 16 reads them, earlier versions reject them.
+	ErrNumberForm = &LiteralError{code: CodeFeatureNotSupported,
+		msg:  "0x, 0o and 0b integer constants and _ digit separators are not supported for an encrypted column",
+		hint: "write the number in decimal digits without separators, or as a quoted string"}
+	// ErrNumberRange is returned for a number PostgreSQL's numeric cannot
+	// hold (more than 131072 digits before the point or 16383 after it, or
+	// an exponent of a billion or more).
+	ErrNumberRange = &LiteralError{code: codeNumericOutOfRange,
+		msg:  "numeric constant out of range",
+		hint: "write the value as a quoted string"}
+)
+
+// Value decodes the literal's value from the text it was found in: the text
+// PostgreSQL stores when the constant is assigned to a text column, with
+// standard_conforming_strings on. For string constants: a doubled quote is
+// one quote; backslash escapes (\n, \x.., octal, \u, \U) in E'...' strings;
+// Unicode escapes in U&'...' strings; dollar-quoted bodies verbatim;
+// N'...' strings (type character) without trailing spaces. Numbers print as
+// PostgreSQL prints them (see decodeNumber), bit strings B'...' and X'...'
+// as their bits (X'1F' is 00011111). An error is a *LiteralError.
 func (l Literal) Value(sql string) ([]byte, error) {
 	if l.Start < 0 || l.End > len(sql) || l.Start >= l.End {
 		return nil, ErrBadLiteral
@@ -481,12 +513,18 @@ func (l Literal) Value(sql string) ([]byte, error) {
 	case c == 'e' || c == 'E':
 		return decodeSegments(s[1:], true, 0)
 	case c == 'n' || c == 'N':
-		return decodeSegments(s[1:], false, 0)
-	case c == 'b' || c == 'B' || c == 'x' || c == 'X':
-		if len(s) < 3 || s[len(s)-1] != '\'' {
-			return nil, ErrBadLiteral
+		// N'x' is character 'x' (unbounded): as text, trailing spaces go.
+		v, err := decodeSegments(s[1:], false, 0)
+		if err != nil {
+			return nil, err
 		}
-		return []byte(s[2 : len(s)-1]), nil
+		n := len(v)
+		for n > 0 && v[n-1] == ' ' {
+			n--
+		}
+		return v[:n], nil
+	case c == 'b' || c == 'B' || c == 'x' || c == 'X':
+		return decodeBits(s[1:], c == 'x' || c == 'X')
 	case c == 'u' || c == 'U':
 		if len(s) < 4 || s[1] != '&' {
 			return nil, ErrBadLiteral
@@ -508,33 +546,136 @@ func (l Literal) Value(sql string) ([]byte, error) {
 	return nil, ErrBadLiteral
 }
 
-func decodeNumber(s string) ([]byte, error) {
-	clean := strings.ReplaceAll(s, "_", "")
-	if len(clean) > 2 && clean[0] == '0' {
-		base := 0
-		switch clean[1] {
-		case 'x', 'X':
-			base = 16
-		case 'o', 'O':
-			base = 8
-		case 'b', 'B':
-			base = 2
-		}
-		if base != 0 {
-			n, ok := new(big.Int).SetString(clean[2:], base)
-			if !ok {
+// decodeBits returns the text of a bit-string constant's quoted part (one
+// or more segments): its bits as 0 and 1, four per digit when hex.
+func decodeBits(s string, hex bool) ([]byte, error) {
+	raw, err := decodeSegments(s, false, 0)
+	if err != nil {
+		return nil, err
+	}
+	if !hex {
+		for _, c := range raw {
+			if c != '0' && c != '1' {
 				return nil, ErrBadLiteral
 			}
-			return n.Append(nil, 10), nil
 		}
+		return raw, nil
 	}
-	for i := 0; i < len(clean); i++ {
-		c := clean[i]
-		if !(isDigit(c) || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-') {
+	out := make([]byte, 0, 4*len(raw))
+	for _, c := range raw {
+		v := hexVal(c)
+		if v < 0 {
 			return nil, ErrBadLiteral
 		}
+		out = append(out, '0'+byte(v>>3), '0'+byte(v>>2&1), '0'+byte(v>>1&1), '0'+byte(v&1))
 	}
-	return []byte(clean), nil
+	return out, nil
+}
+
+// Limits of PostgreSQL's numeric (numeric.c: NUMERIC_WEIGHT_MAX base-10000
+// digits before the point, NUMERIC_DSCALE_MAX after it).
+const (
+	numericMaxIntDigits = 4 * (0x7FFF + 1)
+	numericMaxScale     = 0x3FFF
+)
+
+// decodeNumber returns the text of a numeric constant as PostgreSQL prints
+// it. An integer becomes int4, int8 or, beyond those, numeric; a constant
+// with a point or an exponent becomes numeric. Both print in plain decimal
+// without leading zeros, numeric with its display scale: the digits written
+// after the point less the exponent, at least none (00042 → 42, 4.2e1 → 42,
+// 1.50 → 1.50, 1.20e1 → 12.0, 1.5e-3 → 0.0015, .5 → 0.5, 5. → 5).
+func decodeNumber(s string) ([]byte, error) {
+	if strings.IndexByte(s, '_') >= 0 || len(s) > 1 && s[0] == '0' && strings.IndexByte("xXoObB", s[1]) >= 0 {
+		return nil, ErrNumberForm
+	}
+	i := 0
+	for i < len(s) && isDigit(s[i]) {
+		i++
+	}
+	intPart, frac := s[:i], ""
+	if i < len(s) && s[i] == '.' {
+		j := i + 1
+		for j < len(s) && isDigit(s[j]) {
+			j++
+		}
+		frac, i = s[i+1:j], j
+	}
+	if intPart == "" && frac == "" {
+		return nil, ErrBadLiteral
+	}
+	exp := 0
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		neg := i < len(s) && s[i] == '-'
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			i++
+		}
+		j := i
+		for j < len(s) && isDigit(s[j]) {
+			j++
+		}
+		if j == i {
+			return nil, ErrBadLiteral
+		}
+		e := strings.TrimLeft(s[i:j], "0")
+		if len(e) > 9 {
+			return nil, ErrNumberRange
+		}
+		for k := 0; k < len(e); k++ {
+			exp = exp*10 + int(e[k]-'0')
+		}
+		if neg {
+			exp = -exp
+		}
+		i = j
+	}
+	if i != len(s) {
+		return nil, ErrBadLiteral
+	}
+	scale := len(frac) - exp
+	if scale < 0 {
+		scale = 0
+	}
+	if scale > numericMaxScale {
+		return nil, ErrNumberRange
+	}
+	// The value is the digits of intPart and frac with the point before
+	// the one at index point (which may lie outside them).
+	n := len(intPart) + len(frac)
+	digit := func(k int) byte {
+		switch {
+		case k < 0 || k >= n:
+			return '0'
+		case k < len(intPart):
+			return intPart[k]
+		}
+		return frac[k-len(intPart)]
+	}
+	point := len(intPart) + exp
+	lead := 0
+	for lead < n && digit(lead) == '0' {
+		lead++
+	}
+	out := make([]byte, 0, 2+scale)
+	switch {
+	case lead == n, point <= lead:
+		// zero, or no digit before the point
+		out = append(out, '0')
+	case point-lead > numericMaxIntDigits:
+		return nil, ErrNumberRange
+	default:
+		for k := lead; k < point; k++ {
+			out = append(out, digit(k))
+		}
+	}
+	if scale > 0 {
+		out = append(out, '.')
+		for k := point; k < point+scale; k++ {
+			out = append(out, digit(k))
+		}
+	}
+	return out, nil
 }
 
 // emptyValue is the value of ”: empty, not nil (nil stands for NULL).

@@ -98,6 +98,15 @@ type Plan struct {
 	// DDL is true when the text changes the schema (CREATE/ALTER/DROP/...);
 	// the proxy refreshes its catalog of configured tables afterwards.
 	DDL bool
+	// SearchPathChange is true when the text may change which table a name
+	// without a schema resolves to: SET/RESET search_path, set_config(),
+	// SET ROLE or SESSION AUTHORIZATION ("$user" in the path), RESET ALL,
+	// DISCARD ALL. The proxy learns the session's SearchPath anew before
+	// the next statement.
+	SearchPathChange bool
+	// Unqualified is true when the text names a configured table without
+	// its schema: the plan holds only for the SearchPath it was made with.
+	Unqualified bool
 }
 
 // CopyPlan describes a COPY on a configured table.
@@ -122,6 +131,31 @@ type CopyPlan struct {
 	// column list; the proxy finds the encrypted positions in its catalog.
 	Table      string
 	AllColumns bool
+
+	// The CSV options FORCE_NOT_NULL and FORCE_NULL (In) and FORCE_QUOTE
+	// (Out), which change how an encrypted field is read or written.
+	// PostgreSQL checks that each is allowed and names listed columns.
+	ForceNotNull, ForceNull, ForceQuote CopyColumns
+}
+
+// CopyColumns is the argument of a FORCE_* option of COPY: the columns it
+// names, or every column of the COPY (the * form).
+type CopyColumns struct {
+	All   bool
+	Names []string
+}
+
+// Has reports whether the option applies to the column named name.
+func (c CopyColumns) Has(name string) bool {
+	if c.All {
+		return true
+	}
+	for _, n := range c.Names {
+		if n == name {
+			return true
+		}
+	}
+	return false
 }
 
 // CopyField is one field position of a COPY row.

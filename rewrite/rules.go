@@ -28,7 +28,8 @@ type Rules struct {
 	opts    Options
 	tables  []*tableRule
 	byQName map[string]*tableRule // "schema.table" (as PostgreSQL stores the names)
-	names   map[string]struct{}   // lower-cased table names, for the skip scan
+	byName  map[string]bool       // table names (as stored), any schema
+	names   map[string]struct{}   // lower-cased words of the skip scan (see Mentions)
 	maxName int
 	lens    uint64 // bit n set: some configured name has n bytes (n < 64)
 	// firsts: bit c set when some configured name starts with ASCII byte c
@@ -70,7 +71,7 @@ func Compile(tables []config.Table, opts Options) (*Rules, error) {
 	if opts.HashFallbacks < 0 {
 		return nil, fmt.Errorf("pgveil: negative number of fallback hash keys")
 	}
-	r := &Rules{opts: opts, byQName: map[string]*tableRule{}, names: map[string]struct{}{}}
+	r := &Rules{opts: opts, byQName: map[string]*tableRule{}, byName: map[string]bool{}, names: map[string]struct{}{}}
 	for _, t := range tables {
 		schema, name := t.Schema, t.Name
 		if name == "" {
@@ -122,25 +123,45 @@ func Compile(tables []config.Table, opts Options) (*Rules, error) {
 			tr.hashCols[c.blind] = c
 		}
 		r.byQName[tr.qname] = tr
+		r.byName[name] = true
 		r.tables = append(r.tables, tr)
-		ln := strings.ToLower(name)
-		r.names[ln] = struct{}{}
-		if len(ln) < 64 {
-			r.lens |= 1 << uint(len(ln))
-		}
-		if len(ln) > r.maxName {
-			r.maxName = len(ln)
-		}
-		if ln != "" {
-			if c := ln[0]; c < 128 {
-				r.firsts[c>>6] |= 1 << (c & 63)
-			} else {
-				r.nonASCII = true
-			}
+		r.addWord(name)
+	}
+	if len(r.tables) > 0 {
+		for _, w := range searchPathWords {
+			r.addWord(w)
 		}
 	}
 	return r, nil
 }
+
+// searchPathWords are words of the statements that may change which table
+// a name without a schema resolves to (see Plan.SearchPathChange): the skip
+// scan lets them through to the analyzer, which tells.
+var searchPathWords = []string{"search_path", "role", "authorization", "reset", "discard"}
+
+// addWord adds a word to the skip scan.
+func (r *Rules) addWord(w string) {
+	ln := strings.ToLower(w)
+	r.names[ln] = struct{}{}
+	if len(ln) < 64 {
+		r.lens |= 1 << uint(len(ln))
+	}
+	if len(ln) > r.maxName {
+		r.maxName = len(ln)
+	}
+	if ln != "" {
+		if c := ln[0]; c < 128 {
+			r.firsts[c>>6] |= 1 << (c & 63)
+		} else {
+			r.nonASCII = true
+		}
+	}
+}
+
+// hasName reports whether some configured table, in any schema, has this
+// name.
+func (r *Rules) hasName(name string) bool { return r.byName[name] }
 
 // Options returns the options the rules were compiled with.
 func (r *Rules) Options() Options { return r.opts }
@@ -151,8 +172,9 @@ func (r *Rules) passthroughUnsupported() bool {
 	return r.opts.OnUnsupported == config.OnUnsupportedPassthrough
 }
 
-// Mentions reports whether sql may touch a configured table: whether any
-// configured table name appears in it as a word (case-insensitively, in
+// Mentions reports whether sql may touch a configured table or change how
+// the session resolves table names: whether any configured table name, or
+// a word of searchPathWords, appears in it as a word (case-insensitively, in
 // identifiers, quoted identifiers, comments or strings alike). A false
 // answer is exact: the statement cannot touch a configured table. It does
 // not parse and does not allocate.
