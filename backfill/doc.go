@@ -41,14 +41,31 @@
 //
 // Progress is kept in pgveil.backfill_progress (ProgressTable): per table,
 // operation and shard, the primary key below which every batch has
-// committed, saved at most every 200 ms, plus a signature of the columns
-// and the target key so that progress of another configuration is not
-// reused. After kill -9 a rerun starts after that key; batches committed
-// after the last save are done again, which changes nothing. A run that
-// ends (done, or stopped by MaxFailures) deletes its row, so the next run
-// covers the whole table again. Without the privilege to create the table,
-// runs still work and a rerun starts from the beginning (cheap: nothing is
-// rewritten).
+// committed (with the rows done and failed below it), saved at most every
+// 200 ms, or that the table is done; plus a signature of the columns and
+// the target key so that progress of another configuration is not reused.
+// After kill -9 a rerun skips the tables marked done and starts the one in
+// progress after its key; batches committed after the last save are done
+// again, which changes nothing. A table is marked done only when it
+// finished without failed rows (one with failures, or stopped by
+// MaxFailures, is gone over again by the rerun, to retry them). A run that
+// gets through all its tables deletes their rows, so the next run covers
+// everything again; NoResume does so at the start. Without the privilege
+// to create the table, runs still work and a rerun starts from the
+// beginning (cheap: nothing is rewritten).
+//
+// # Duplicates
+//
+// A blind index inherits the uniqueness of its plaintext column. A value
+// written through the proxy while an older row still holds it in plaintext
+// (mode: migrating), or under a new hash key while the older row's blind
+// index is under the old one (a rehash), is not refused by PostgreSQL; the
+// write that would give the older row its blind index then is (23505). The
+// batch is written again in halves until the rows that violate it are
+// alone; each is written without the columns of the violated index (left
+// as they are, consistent) and counts as failed (reason "duplicate"), and
+// the summary names it with the rows that hold the value already, by
+// primary key. verify finds the same rows before any write.
 //
 // # Decrypt and the blind index
 //
@@ -66,9 +83,10 @@
 // (hashtext of the key's text form), which every pod of a Kubernetes
 // Indexed Job computes alike, whatever the others do; each pod keeps its
 // own progress. MaxRate paces rows over all workers with a token bucket.
-// A row fails when a value is undecryptable, over max_size or refused by
-// sanitize_input; when failed rows exceed MaxFailures of the rows examined
-// the run stops with a *FailureError. Failed values are never written.
+// A row fails when a value is undecryptable, over max_size, refused by
+// sanitize_input or a duplicate; when failed rows exceed MaxFailures of the
+// rows examined the run stops with a *FailureError, whose Hint says what
+// to do for each reason. Failed values are never written.
 //
 // Nothing in a message, summary or report is a value: rows are named by
 // primary key.

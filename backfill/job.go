@@ -117,6 +117,9 @@ type FailureError struct {
 	Failed int64
 	Rows   int64
 	Max    float64
+	// Reasons counts the failed values by reason ("undecryptable", "over
+	// max_size", "invalid input", "duplicate").
+	Reasons map[string]int64
 }
 
 func (e *FailureError) Error() string {
@@ -124,9 +127,31 @@ func (e *FailureError) Error() string {
 		e.Failed, e.Rows, e.Table, 100*float64(e.Failed)/float64(max(e.Rows, 1)), 100*e.Max)
 }
 
-// Hint says how to fix it.
+// Hint says how to fix it, for the reasons the rows failed.
 func (e *FailureError) Hint() string {
-	return "run pgveil verify to see which values fail: undecryptable tokens need their key in keys.fallback_keys; values over encryption.max_size or refused by sanitize_input must be fixed or the limits raised; rerun to continue"
+	fixes := failureFixes(e.Reasons)
+	if len(fixes) == 0 {
+		fixes = failureFixes(map[string]int64{reasonUndecryptable: 1, reasonTooLarge: 1, reasonInvalidInput: 1, reasonDuplicate: 1})
+	}
+	return strings.Join(fixes, "; ") + "; then run the same command again (pgveil verify names the rows, by primary key)"
+}
+
+// failureFixes says, per reason rows failed for, what to do about them.
+func failureFixes(reasons map[string]int64) []string {
+	var out []string
+	if reasons[reasonUndecryptable] > 0 {
+		out = append(out, "undecryptable values are not a token any configured key opens: a token of another key (add that key to keys.fallback_keys) or a plaintext that looks like a token (write it again through pgveil, which encrypts it)")
+	}
+	if reasons[reasonTooLarge] > 0 {
+		out = append(out, "values over encryption.max_size: raise encryption.max_size (ENCRYPTION_MAX_SIZE) above the largest, or shorten those values")
+	}
+	if reasons[reasonInvalidInput] > 0 {
+		out = append(out, "values refused by sanitize_input (invalid UTF-8 or a NUL byte): correct them, or set encryption.sanitize_input: false if the column takes any bytes")
+	}
+	if reasons[reasonDuplicate] > 0 {
+		out = append(out, "duplicates: rows listed above hold the same value of a column whose blind index is unique; keep one row of each group (merge, delete or change the others, directly or through pgveil)")
+	}
+	return out
 }
 
 // Summary is what a run did.
@@ -151,6 +176,14 @@ type TableSummary struct {
 	FailedKeys []string
 	// Failures counts failed values by reason.
 	Failures map[string]int64
+	// Duplicates lists (up to 20) rows not written because other rows hold
+	// the same value where a unique index wants it once.
+	Duplicates []Duplicate
+	// Skipped: an earlier run of the same command, interrupted before it
+	// got through all its tables, finished this one (see ProgressTable).
+	Skipped bool
+	// FinishedAt is when that run finished it (Skipped only).
+	FinishedAt time.Time
 }
 
 // ColumnSummary is what a run did to one column.
@@ -202,10 +235,23 @@ func (j *Job) Run(ctx context.Context, pool *pgxpool.Pool) (*Summary, error) {
 	if !j.DryRun {
 		store = newProgressStore(ctx, pool, j.Out)
 	}
+	if store != nil && j.NoResume {
+		for _, ti := range infos {
+			store.clear(ctx, ti.full, j.Op, j.Shard)
+		}
+	}
 	lim := newLimiter(j.MaxRate)
 	for _, ti := range infos {
 		if j.Op == OpRehash && !hasSearchable(ti) {
 			fmt.Fprintf(j.Out, "%s: no searchable column, nothing to rehash\n", ti.display)
+			continue
+		}
+		// A table an interrupted run had finished (without failures) is
+		// not done again until a run gets through all its tables.
+		if saved, ok := store.load(ctx, ti.full, j.Op, j.Shard, j.signature(ti)); ok && saved.done {
+			fmt.Fprintf(j.Out, "%s: %s finished by an earlier run at %s, which stopped before its other tables; skipped (--resume=false checks it again)\n",
+				ti.display, j.Op, saved.at.Format(time.RFC3339))
+			sum.Tables = append(sum.Tables, &TableSummary{Table: ti.display, Rows: saved.rows, Skipped: true, FinishedAt: saved.at})
 			continue
 		}
 		ts, err := j.runTable(ctx, pool, ti, store, lim)
@@ -215,6 +261,11 @@ func (j *Job) Run(ctx context.Context, pool *pgxpool.Pool) (*Summary, error) {
 		if err != nil {
 			return sum, err
 		}
+	}
+	// The run got through every table: the next one starts afresh and
+	// looks at everything again.
+	for _, ti := range infos {
+		store.clear(context.WithoutCancel(ctx), ti.full, j.Op, j.Shard)
 	}
 	return sum, nil
 }
@@ -386,6 +437,7 @@ type result struct {
 	samples [][]string
 	fkeys   []string
 	reasons map[string]int64
+	dups    []Duplicate
 	err     error
 }
 
@@ -405,15 +457,11 @@ func (j *Job) runTable(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo, s
 
 	sig := j.signature(ti)
 	var lastKey []string
-	var doneBefore int64
-	if store != nil {
-		if j.NoResume {
-			store.clear(ctx, ti.full, j.Op, j.Shard)
-		} else if k, n, ok := store.load(ctx, ti.full, j.Op, j.Shard, sig); ok && len(k) == len(ti.key) {
-			lastKey, doneBefore = k, n
-			ts.Resumed = true
-			fmt.Fprintf(j.Out, "%s: resuming %s after key %s (%d rows done before)\n", ti.display, j.Op, keyString(k), n)
-		}
+	var doneBefore, failedBefore int64
+	if saved, ok := store.load(ctx, ti.full, j.Op, j.Shard, sig); ok && !saved.done && len(saved.key) == len(ti.key) {
+		lastKey, doneBefore, failedBefore = saved.key, saved.rows, saved.failed
+		ts.Resumed = true
+		fmt.Fprintf(j.Out, "%s: resuming %s after key %s (%d rows done before)\n", ti.display, j.Op, keyString(saved.key), saved.rows)
 	}
 
 	var total int64
@@ -500,6 +548,7 @@ func (j *Job) runTable(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo, s
 	next := 0
 	watermark := lastKey
 	done := doneBefore
+	var failedDone int64 // failed rows below the watermark
 	var lastSave time.Time
 	var runErr error
 	save := func(force bool) {
@@ -507,7 +556,7 @@ func (j *Job) runTable(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo, s
 			return
 		}
 		lastSave = time.Now()
-		store.save(context.WithoutCancel(ctx), ti.full, j.Op, j.Shard, sig, watermark, done)
+		store.save(context.WithoutCancel(ctx), ti.full, j.Op, j.Shard, sig, watermark, done, failedBefore+failedDone)
 	}
 	for r := range results {
 		if r.err != nil {
@@ -539,6 +588,11 @@ func (j *Job) runTable(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo, s
 		for k, v := range r.reasons {
 			ts.Failures[k] += v
 		}
+		for _, d := range r.dups {
+			if len(ts.Duplicates) < maxDuplicates {
+				ts.Duplicates = append(ts.Duplicates, d)
+			}
+		}
 		prog.Add(int64(r.n))
 		if j.Verbose {
 			prog.Logf("%s: batch %d: %d rows read, %d written, %d failed, %d read again", ti.display, r.seq, r.n, r.written, r.failed, r.retries)
@@ -552,11 +606,12 @@ func (j *Job) runTable(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo, s
 			delete(pending, next)
 			watermark = p.last
 			done += int64(p.n)
+			failedDone += p.failed
 			next++
 		}
 		save(false)
 		if runErr == nil && float64(ts.Failed) > j.MaxFailures*float64(ts.Rows) {
-			runErr = &FailureError{Table: ti.full, Failed: ts.Failed, Rows: ts.Rows, Max: j.MaxFailures}
+			runErr = &FailureError{Table: ti.full, Failed: ts.Failed, Rows: ts.Rows, Max: j.MaxFailures, Reasons: ts.Failures}
 			cancel(runErr)
 		}
 	}
@@ -571,11 +626,14 @@ func (j *Job) runTable(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo, s
 	}
 	var fe *FailureError
 	switch {
+	case runErr == nil && failedBefore+ts.Failed == 0:
+		// Done: a rerun of this run (after a kill) skips the table, until
+		// a run gets through all its tables.
+		store.markDone(context.WithoutCancel(ctx), ti.full, j.Op, j.Shard, sig, done)
 	case runErr == nil || errors.As(runErr, &fe):
-		// Finished (or stopped on purpose): the next run starts afresh.
-		if store != nil {
-			store.clear(context.WithoutCancel(ctx), ti.full, j.Op, j.Shard)
-		}
+		// Done with failures, or stopped by --max-failures: the next run
+		// goes over the whole table again, retrying the failed rows.
+		store.clear(context.WithoutCancel(ctx), ti.full, j.Op, j.Shard)
 	default:
 		// Interrupted: keep where we got to.
 		save(true)
@@ -661,11 +719,11 @@ func (j *Job) process(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo, rc
 		written := map[string]bool{}
 		if !j.DryRun && len(idx) > 0 {
 			var err error
-			written, err = j.write(ctx, pool, ti, b, cells, idx)
-			if err != nil && retryable(err) && attempt < maxWriteRetries {
-				// The batch rolled back as a whole; every row is read again.
-				written = map[string]bool{}
-			} else if err != nil {
+			written, err = j.writeRows(ctx, pool, ti, b, cells, idx, &r.dups)
+			// A retryable error rolled back what its statement would have
+			// written; those rows are read again below (rows written by
+			// earlier statements stay written).
+			if err != nil && (!retryable(err) || attempt >= maxWriteRetries) {
 				r.err = fmt.Errorf("pgveil: writing a batch of %s: %w", ti.full, err)
 				return r
 			}
@@ -704,7 +762,9 @@ func (j *Job) process(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo, rc
 				if cl.fail != failNone {
 					r.cfailed[si]++
 					r.reasons[cl.fail.String()]++
-					j.Metrics.Error(metricErrorType(cl.fail))
+					if cl.fail != failDuplicate { // not an encryption error
+						j.Metrics.Error(metricErrorType(cl.fail))
+					}
 					rowFailed = true
 				}
 			}
@@ -816,7 +876,7 @@ func metricErrorType(f failure) string {
 
 // write runs the batch's UPDATE for rows idx and returns the keys of the
 // rows written.
-func (j *Job) write(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo, b *batch, cells []cell, idx []int) (map[string]bool, error) {
+func (j *Job) write(ctx context.Context, pool writer, ti *tableInfo, b *batch, cells []cell, idx []int) (map[string]bool, error) {
 	ncols := len(ti.cols)
 	args := make([]any, 0, len(ti.key)+1+4*ncols)
 	for i := range ti.key {

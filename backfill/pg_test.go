@@ -284,43 +284,129 @@ func TestLockedRowsAreSkippedNotWaitedOn(t *testing.T) {
 	}
 }
 
-// TestSchemaPlanIdempotent applies the plan and plans again: nothing left.
-func TestSchemaPlanIdempotent(t *testing.T) {
-	pool := testDB(t, 5, `;ALTER TABLE users ALTER COLUMN full_name TYPE varchar(20); ALTER TABLE users DROP COLUMN email_hash;
-		ALTER TABLE users ADD CONSTRAINT users_email_uniq UNIQUE (email)`)
-	stmts, probs, err := PlanSchema(ctxT(t), pool, []config.Table{usersTable})
-	if err != nil || len(probs) != 0 {
-		t.Fatal(err, probs)
-	}
+func sqlOf(stmts []Statement) string {
 	var sqls []string
 	for _, s := range stmts {
 		sqls = append(sqls, s.SQL)
 	}
-	want := []string{
+	return strings.Join(sqls, "\n")
+}
+
+// TestSchemaPlanIdempotent applies the plan and plans again: nothing left
+// but the finishing step, which waits until every row has its blind index.
+func TestSchemaPlanIdempotent(t *testing.T) {
+	pool := testDB(t, 5, `;ALTER TABLE users ALTER COLUMN full_name TYPE varchar(20); ALTER TABLE users DROP COLUMN email_hash;
+		ALTER TABLE users ADD CONSTRAINT users_email_uniq UNIQUE (email)`)
+	p, err := PlanSchema(ctxT(t), pool, []config.Table{usersTable})
+	if err != nil || len(p.Problems) != 0 {
+		t.Fatal(err, p)
+	}
+	want := strings.Join([]string{
 		`ALTER TABLE "public"."users" ADD COLUMN IF NOT EXISTS "email_hash" text`,
 		`CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "users_email_hash_key" ON "public"."users" ("email_hash")`,
-		`ALTER TABLE "public"."users" DROP CONSTRAINT "users_email_uniq"`,
 		`ALTER TABLE "public"."users" ALTER COLUMN "full_name" TYPE text USING "full_name"::text`,
+	}, "\n")
+	if got := sqlOf(p.Statements); got != want {
+		t.Fatalf("plan:\n%s\nwant:\n%s", got, want)
 	}
-	if strings.Join(sqls, "\n") != strings.Join(want, "\n") {
-		t.Fatalf("plan:\n%s\nwant:\n%s", strings.Join(sqls, "\n"), strings.Join(want, "\n"))
+	if len(p.Notes) != 1 || !strings.Contains(p.Notes[0], "UNIQUE constraint users_email_uniq on encrypted column public.users.email stays") {
+		t.Fatalf("notes: %q", p.Notes)
 	}
 	var out bytes.Buffer
-	if err := ApplySchema(ctxT(t), pool, stmts, &out); err != nil {
+	if err := ApplySchema(ctxT(t), pool, p.Statements, &out); err != nil {
 		t.Fatal(err)
 	}
-	probs2, err := CheckSchema(ctxT(t), pool, []config.Table{usersTable})
-	if err != nil || len(probs2) != 0 {
-		t.Fatalf("after apply: %v %v", probs2, err)
+	probs, notes, err := CheckSchema(ctxT(t), pool, []config.Table{usersTable})
+	if err != nil || len(probs) != 0 || len(notes) != 1 || !strings.Contains(notes[0], "some rows have no blind index email_hash yet") {
+		t.Fatalf("after apply: %v %q %v", probs, notes, err)
+	}
+	// Every row gets its blind index (the backfill): the constraint on the
+	// plaintext column can go, as the finishing step.
+	if _, err := pool.Exec(ctxT(t), "UPDATE users SET email_hash = md5(email) || md5(email)"); err != nil {
+		t.Fatal(err)
+	}
+	p, err = PlanSchema(ctxT(t), pool, []config.Table{usersTable})
+	if err != nil || len(p.Statements) != 1 || !p.Statements[0].Finish ||
+		p.Statements[0].SQL != `ALTER TABLE "public"."users" DROP CONSTRAINT "users_email_uniq"` {
+		t.Fatalf("finishing plan: %+v %v", p, err)
+	}
+	probs, notes, err = CheckSchema(ctxT(t), pool, []config.Table{usersTable})
+	if err != nil || len(probs) != 0 || len(notes) != 1 || !strings.Contains(notes[0], "to finish the migration run pgveil schema --apply") {
+		t.Fatalf("check before finishing: %v %q %v", probs, notes, err)
+	}
+	if err := ApplySchema(ctxT(t), pool, p.Statements, &out); err != nil {
+		t.Fatal(err)
+	}
+	if p, err = PlanSchema(ctxT(t), pool, []config.Table{usersTable}); err != nil || len(p.Statements)+len(p.Notes)+len(p.Problems) != 0 {
+		t.Fatalf("after finishing: %+v %v", p, err)
 	}
 	// An invalid index left by an interrupted CREATE INDEX CONCURRENTLY is
 	// dropped and built again.
 	if _, err := pool.Exec(ctxT(t), "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'users_email_hash_key'::regclass"); err != nil {
 		t.Fatal(err)
 	}
-	stmts, _, err = PlanSchema(ctxT(t), pool, []config.Table{usersTable})
-	if err != nil || len(stmts) != 2 || !strings.HasPrefix(stmts[0].SQL, "DROP INDEX CONCURRENTLY") || stmts[1].SQL != `CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "users_email_hash_key" ON "public"."users" ("email_hash")` {
-		t.Fatalf("invalid index: %+v %v", stmts, err)
+	p, err = PlanSchema(ctxT(t), pool, []config.Table{usersTable})
+	if err != nil || len(p.Statements) != 2 || !strings.HasPrefix(p.Statements[0].SQL, "DROP INDEX CONCURRENTLY") || p.Statements[1].SQL != `CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "users_email_hash_key" ON "public"."users" ("email_hash")` {
+		t.Fatalf("invalid index: %+v %v", p.Statements, err)
+	}
+}
+
+// TestSchemaMigrationIndex: a searchable column with no index on its
+// plaintext gets one for the lookups of mode: migrating (only rows without
+// a blind index), dropped when every row has one.
+func TestSchemaMigrationIndex(t *testing.T) {
+	pool := testDB(t, 50, `;ALTER TABLE users DROP COLUMN email_hash`)
+	p, err := PlanSchema(ctxT(t), pool, []config.Table{usersTable})
+	if err != nil || len(p.Problems)+len(p.Notes) != 0 {
+		t.Fatal(err, p)
+	}
+	want := strings.Join([]string{
+		`ALTER TABLE "public"."users" ADD COLUMN IF NOT EXISTS "email_hash" text`,
+		`CREATE INDEX CONCURRENTLY IF NOT EXISTS "users_email_hash_idx" ON "public"."users" ("email_hash")`,
+		`CREATE INDEX CONCURRENTLY IF NOT EXISTS "users_email_pgveil_migrating" ON "public"."users" USING hash ("email") WHERE "email_hash" IS NULL`,
+	}, "\n")
+	if got := sqlOf(p.Statements); got != want {
+		t.Fatalf("plan:\n%s\nwant:\n%s", got, want)
+	}
+	var out bytes.Buffer
+	if err := ApplySchema(ctxT(t), pool, p.Statements, &out); err != nil {
+		t.Fatal(err)
+	}
+	// The lookup of mode: migrating can use it (the table is too small for
+	// the planner to prefer it on its own).
+	tx, err := pool.Begin(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctxT(t)) //nolint:errcheck
+	if _, err := tx.Exec(ctxT(t), "SET LOCAL enable_seqscan = off"); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := tx.Query(ctxT(t), `EXPLAIN SELECT id FROM users WHERE (email_hash = $1 OR (email_hash IS NULL AND email = $2))`, "x", "user3@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var explain []string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			t.Fatal(err)
+		}
+		explain = append(explain, line)
+	}
+	if err := rows.Err(); err != nil || !strings.Contains(strings.Join(explain, "\n"), "users_email_pgveil_migrating") {
+		t.Fatalf("the migrating lookup does not use the index (%v):\n%s", err, strings.Join(explain, "\n"))
+	}
+	_ = tx.Rollback(ctxT(t))
+	if p, err = PlanSchema(ctxT(t), pool, []config.Table{usersTable}); err != nil || len(p.Statements) != 0 {
+		t.Fatalf("again: %+v %v", p, err)
+	}
+	if _, err := pool.Exec(ctxT(t), "UPDATE users SET email_hash = md5(email) || md5(email)"); err != nil {
+		t.Fatal(err)
+	}
+	p, err = PlanSchema(ctxT(t), pool, []config.Table{usersTable})
+	if err != nil || sqlOf(p.Statements) != `DROP INDEX CONCURRENTLY IF EXISTS "public"."users_email_pgveil_migrating"` || !p.Statements[0].Finish {
+		t.Fatalf("finishing plan: %+v %v", p, err)
 	}
 }
 

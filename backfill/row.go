@@ -47,21 +47,35 @@ const (
 	failTooLarge
 	failInvalidInput
 	failSeal
+	// failDuplicate: writing the value (or its blind index) would violate a
+	// unique index another row already satisfies with the same value: two
+	// rows hold the same plaintext where it must be unique.
+	failDuplicate
 )
 
 func (f failure) String() string {
 	switch f {
 	case failUndecryptable:
-		return "undecryptable"
+		return reasonUndecryptable
 	case failTooLarge:
-		return "over max_size"
+		return reasonTooLarge
 	case failInvalidInput:
-		return "invalid input"
+		return reasonInvalidInput
 	case failSeal:
 		return "encryption failed"
+	case failDuplicate:
+		return reasonDuplicate
 	}
 	return "none"
 }
+
+// Failure reasons as summaries and FailureError name them.
+const (
+	reasonUndecryptable = "undecryptable"
+	reasonTooLarge      = "over max_size"
+	reasonInvalidInput  = "invalid input"
+	reasonDuplicate     = "duplicate"
+)
 
 // cell is one configured column of one row: what is stored and what the
 // operation wants there instead.

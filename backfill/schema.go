@@ -22,6 +22,21 @@ type Statement struct {
 	// Concurrent statements (CREATE/DROP INDEX CONCURRENTLY) run outside
 	// any transaction.
 	Concurrent bool
+	// Finish marks the last step of a migration: dropping what only the
+	// plaintext needed (its UNIQUE constraint, the index pgveil added for
+	// lookups during the migration) once every row has its blind index.
+	// check reports it as pending, not as a problem.
+	Finish bool
+}
+
+// SchemaPlan is what a database still needs for a config.
+type SchemaPlan struct {
+	// Statements to run, in order (pgveil schema --apply).
+	Statements []Statement
+	// Problems DDL cannot fix, each with its fix.
+	Problems []Problem
+	// Notes say what is deliberately left for later and when to come back.
+	Notes []string
 }
 
 // Problem is something check found, with its fix.
@@ -83,6 +98,7 @@ type attr struct {
 // index is an index of a table in the catalog.
 type index struct {
 	name       string
+	am         string // access method: btree, hash, ...
 	unique     bool
 	primary    bool
 	valid      bool
@@ -99,10 +115,16 @@ type tableState struct {
 	attrs   map[string]attr
 	byNum   map[int16]string
 	indexes []index
+	// unfilled[column] of a searchable column: some row holds a value
+	// without its blind index (the blind-index column may not exist yet).
+	unfilled map[string]bool
+	// hashed[column]: some row has a blind index, so pgveil (the proxy or
+	// the backfill) has written to the table.
+	hashed map[string]bool
 }
 
 func inspect(ctx context.Context, q querier, t config.Table) (*tableState, error) {
-	st := &tableState{schema: schemaOf(t), name: nameOf(t), attrs: map[string]attr{}, byNum: map[int16]string{}}
+	st := &tableState{schema: schemaOf(t), name: nameOf(t), attrs: map[string]attr{}, byNum: map[int16]string{}, unfilled: map[string]bool{}, hashed: map[string]bool{}}
 	var oid uint32
 	err := q.QueryRow(ctx, `SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, st.schema, st.name).Scan(&oid)
@@ -131,9 +153,9 @@ func inspect(ctx context.Context, q querier, t config.Table) (*tableState, error
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	rows, err = q.Query(ctx, `SELECT c.relname, i.indisunique, i.indisprimary, i.indisvalid, i.indkey::int2[],
+	rows, err = q.Query(ctx, `SELECT c.relname, am.amname, i.indisunique, i.indisprimary, i.indisvalid, i.indkey::int2[],
 			i.indpred IS NOT NULL, i.indexprs IS NOT NULL, coalesce(k.conname, '')
-		FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+		FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam
 		LEFT JOIN pg_constraint k ON k.conindid = i.indexrelid AND k.conrelid = i.indrelid AND k.contype IN ('u', 'p')
 		WHERE i.indrelid = $1 ORDER BY c.relname`, oid)
 	if err != nil {
@@ -141,12 +163,44 @@ func inspect(ctx context.Context, q querier, t config.Table) (*tableState, error
 	}
 	for rows.Next() {
 		var ix index
-		if err := rows.Scan(&ix.name, &ix.unique, &ix.primary, &ix.valid, &ix.keys, &ix.partial, &ix.expression, &ix.constraint); err != nil {
+		if err := rows.Scan(&ix.name, &ix.am, &ix.unique, &ix.primary, &ix.valid, &ix.keys, &ix.partial, &ix.expression, &ix.constraint); err != nil {
 			return nil, err
 		}
 		st.indexes = append(st.indexes, ix)
 	}
-	return st, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	// Whether the blind index of each searchable column is filled decides
+	// what the plaintext column still needs. The query stops at the first
+	// such row; once the index is filled it reads only the rows whose blind
+	// index is NULL (through its index).
+	qt := qualified(st.schema, st.name)
+	for _, c := range t.Columns {
+		if !c.Searchable() {
+			continue
+		}
+		if _, ok := st.attrs[c.Column]; !ok {
+			continue
+		}
+		sql := fmt.Sprintf("SELECT EXISTS (SELECT 1 FROM %s WHERE %s IS NOT NULL)", qt, quoteIdent(c.Column))
+		if _, ok := st.attrs[c.BlindIndex]; ok {
+			sql = fmt.Sprintf("SELECT EXISTS (SELECT 1 FROM %s WHERE %s IS NULL AND %s IS NOT NULL)", qt, quoteIdent(c.BlindIndex), quoteIdent(c.Column))
+		}
+		var unfilled bool
+		if err := q.QueryRow(ctx, sql).Scan(&unfilled); err != nil {
+			return nil, fmt.Errorf("pgveil: looking for rows of %s.%s.%s without a blind index: %w", st.schema, st.name, c.Column, err)
+		}
+		st.unfilled[c.Column] = unfilled
+		if _, ok := st.attrs[c.BlindIndex]; ok && !unfilled {
+			var hashed bool
+			if err := q.QueryRow(ctx, fmt.Sprintf("SELECT EXISTS (SELECT 1 FROM %s WHERE %s IS NOT NULL)", qt, quoteIdent(c.BlindIndex))).Scan(&hashed); err != nil {
+				return nil, fmt.Errorf("pgveil: looking for blind indexes in %s.%s: %w", st.schema, st.name, err)
+			}
+			st.hashed[c.Column] = hashed
+		}
+	}
+	return st, nil
 }
 
 // holdsTokens reports whether a column of this type holds any token.
@@ -174,28 +228,49 @@ func (a attr) holdsBlindIndex() bool {
 }
 
 // plan compares the catalog with the config and returns the DDL still
-// needed, plus problems DDL cannot fix.
-func plan(st *tableState, t config.Table) ([]Statement, []Problem) {
+// needed, the problems DDL cannot fix, and what is left for later.
+//
+// A searchable column is migrated in two steps, so that the plaintext
+// column keeps what the application relies on until the blind index can
+// take over:
+//
+//  1. prepare (while rows are being encrypted): add the blind-index column
+//     and build, CONCURRENTLY, a unique index on it for each UNIQUE
+//     constraint or unique index of the plaintext column, which stays: it
+//     keeps duplicates out and ON CONFLICT (col) working for clients that
+//     still reach PostgreSQL directly, and its index serves the lookups of
+//     mode: migrating on rows not encrypted yet. Tokens never collide (each
+//     has a random IV), so it never refuses a write pgveil makes. A column
+//     with no index usable for equality gets one, hash and partial (only
+//     rows whose blind index is still NULL), for those lookups.
+//  2. finish (pgveil schema --apply run again once every row has its blind
+//     index, that is after pgveil backfill and pgveil verify): drop the
+//     plaintext column's UNIQUE constraints and pgveil's migration index.
+//     A unique index on the blind index built by this very run is never
+//     followed by the drop in the same run, and a table where no row has a
+//     blind index yet (empty, say) keeps its constraint: nothing shows the
+//     application has moved to pgveil.
+func plan(st *tableState, t config.Table) SchemaPlan {
 	q := qualified(st.schema, st.name)
 	full := st.schema + "." + st.name
+	var p SchemaPlan
 	if !st.exists {
-		return nil, []Problem{{What: "table " + full + " does not exist",
-			Fix: "create it, or fix tables[].table in the config (schema-qualified if not in public)"}}
+		p.Problems = append(p.Problems, Problem{What: "table " + full + " does not exist",
+			Fix: "create it, or fix tables[].table in the config (schema-qualified if not in public)"})
+		return p
 	}
-	var out []Statement
-	var probs []Problem
 	hasPK := false
 	for _, ix := range st.indexes {
 		hasPK = hasPK || ix.primary
 	}
 	if !hasPK {
-		probs = append(probs, Problem{What: "table " + full + " has no primary key; pgveil backfill works in batches by primary key",
+		p.Problems = append(p.Problems, Problem{What: "table " + full + " has no primary key; pgveil backfill works in batches by primary key",
 			Fix: "ALTER TABLE " + q + " ADD PRIMARY KEY (...), or ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY"})
 	}
 	for _, c := range t.Columns {
 		a, ok := st.attrs[c.Column]
 		if !ok {
-			probs = append(probs, Problem{What: "column " + full + "." + c.Column + " does not exist",
+			p.Problems = append(p.Problems, Problem{What: "column " + full + "." + c.Column + " does not exist",
 				Fix: "fix tables[].columns[].column in the config, or add the column"})
 			continue
 		}
@@ -206,12 +281,11 @@ func plan(st *tableState, t config.Table) ([]Statement, []Problem) {
 			} else {
 				why += "; this changes the column's type and rewrites the table"
 			}
-			out = append(out, Statement{SQL: fmt.Sprintf("ALTER TABLE %s ALTER COLUMN %s TYPE text USING %s::text", q, quoteIdent(c.Column), quoteIdent(c.Column)), Why: why})
+			p.Statements = append(p.Statements, Statement{SQL: fmt.Sprintf("ALTER TABLE %s ALTER COLUMN %s TYPE text USING %s::text", q, quoteIdent(c.Column), quoteIdent(c.Column)), Why: why})
 		}
 		// Unique indexes on the plaintext column: equality of tokens means
 		// nothing (each has a random IV), so uniqueness moves to the blind
 		// index.
-		hashIndexed := false
 		var uniques []index
 		for _, ix := range st.indexes {
 			if ix.primary || !ix.unique || ix.expression || !containsAttr(ix.keys, a.num) {
@@ -221,7 +295,7 @@ func plan(st *tableState, t config.Table) ([]Statement, []Problem) {
 		}
 		if !c.Searchable() {
 			for _, ix := range uniques {
-				probs = append(probs, Problem{
+				p.Problems = append(p.Problems, Problem{
 					What: fmt.Sprintf("%s on encrypted column %s.%s cannot be enforced on tokens", describeIndex(ix), full, c.Column),
 					Fix:  fmt.Sprintf("give the column a blind_index in the config (pgveil schema then moves the constraint to it), or drop %s", ix.name),
 				})
@@ -230,81 +304,176 @@ func plan(st *tableState, t config.Table) ([]Statement, []Problem) {
 		}
 		h, hok := st.attrs[c.BlindIndex]
 		if !hok {
-			out = append(out, Statement{SQL: fmt.Sprintf("ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s text", q, quoteIdent(c.BlindIndex)),
+			p.Statements = append(p.Statements, Statement{SQL: fmt.Sprintf("ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s text", q, quoteIdent(c.BlindIndex)),
 				Why: fmt.Sprintf("blind index column %s of %s.%s does not exist", c.BlindIndex, full, c.Column)})
 		} else if !h.holdsBlindIndex() {
-			out = append(out, Statement{SQL: fmt.Sprintf("ALTER TABLE %s ALTER COLUMN %s TYPE text USING %s::text", q, quoteIdent(c.BlindIndex), quoteIdent(c.BlindIndex)),
+			p.Statements = append(p.Statements, Statement{SQL: fmt.Sprintf("ALTER TABLE %s ALTER COLUMN %s TYPE text USING %s::text", q, quoteIdent(c.BlindIndex), quoteIdent(c.BlindIndex)),
 				Why: fmt.Sprintf("blind index column %s.%s is %s, which cannot hold %d hex characters", full, c.BlindIndex, h.typ, keyring.BlindIndexLen)})
 		}
-		if hok {
-			for _, ix := range st.indexes {
-				if len(ix.keys) > 0 && ix.keys[0] == h.num && !ix.expression && !ix.partial {
-					hashIndexed = true
-					if !ix.valid {
-						// Left by an interrupted CREATE INDEX CONCURRENTLY:
-						// build it again, as it was meant to be.
-						why := fmt.Sprintf("index %s on %s.%s is invalid (an interrupted CREATE INDEX CONCURRENTLY)", ix.name, full, c.BlindIndex)
-						cols := make([]string, len(ix.keys))
-						for i, k := range ix.keys {
-							cols[i] = quoteIdent(st.byNum[k])
-						}
-						unique := ""
-						if ix.unique {
-							unique = "UNIQUE "
-						}
-						out = append(out,
-							Statement{SQL: "DROP INDEX CONCURRENTLY IF EXISTS " + qualified(st.schema, ix.name), Why: why, Concurrent: true},
-							Statement{SQL: fmt.Sprintf("CREATE %sINDEX CONCURRENTLY IF NOT EXISTS %s ON %s (%s)", unique, quoteIdent(ix.name), q, strings.Join(cols, ", ")),
-								Why: why, Concurrent: true})
-					}
-				}
+		unfilled := st.unfilled[c.Column]
+		migName := indexName(st.name, c.Column, "pgveil_migrating")
+		var mig *index
+		hashIndexed := false
+		for i := range st.indexes {
+			ix := &st.indexes[i]
+			if ix.name == migName {
+				mig = ix
+				continue
+			}
+			if !hok || ix.expression || ix.partial || !containsAttr(ix.keys, h.num) {
+				continue
+			}
+			if ix.keys[0] == h.num {
+				hashIndexed = true
+			}
+			if !ix.valid {
+				// Left by an interrupted CREATE INDEX CONCURRENTLY: build it
+				// again, as it was meant to be.
+				why := fmt.Sprintf("index %s on %s.%s is invalid (an interrupted CREATE INDEX CONCURRENTLY)", ix.name, full, c.BlindIndex)
+				p.Statements = append(p.Statements,
+					Statement{SQL: "DROP INDEX CONCURRENTLY IF EXISTS " + qualified(st.schema, ix.name), Why: why, Concurrent: true},
+					Statement{SQL: createIndexSQL(ix.unique, ix.name, q, st.columnList(ix.keys, 0, ""), ""), Why: why, Concurrent: true})
 			}
 		}
+		var finish []Statement
 		for _, ix := range uniques {
 			if ix.partial {
-				probs = append(probs, Problem{
+				p.Problems = append(p.Problems, Problem{
 					What: fmt.Sprintf("partial %s on encrypted column %s.%s cannot be enforced on tokens", describeIndex(ix), full, c.Column),
 					Fix:  fmt.Sprintf("create a matching unique index on %s by hand, then drop %s", c.BlindIndex, ix.name),
 				})
 				continue
 			}
-			cols := make([]string, len(ix.keys))
-			names := make([]string, len(ix.keys))
-			for i, k := range ix.keys {
-				n := st.byNum[k]
-				if k == a.num {
-					n = c.BlindIndex
-				}
-				cols[i], names[i] = quoteIdent(n), n
-			}
-			newName := indexName(st.name, strings.Join(names, "_"), "key")
-			out = append(out, Statement{
-				SQL:        fmt.Sprintf("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS %s ON %s (%s)", quoteIdent(newName), q, strings.Join(cols, ", ")),
-				Why:        fmt.Sprintf("%s on encrypted column %s.%s cannot be enforced on tokens; uniqueness moves to its blind index %s", describeIndex(ix), full, c.Column, c.BlindIndex),
-				Concurrent: true,
-			})
 			if ix.keys[0] == a.num {
-				hashIndexed = true // the unique index serves lookups too
+				hashIndexed = true // the unique index on the blind index serves lookups too
 			}
+			var twin *index
+			if hok {
+				twin = st.twin(ix, a.num, h.num)
+			}
+			kept := fmt.Sprintf("%s on encrypted column %s.%s stays while rows are encrypted: it keeps duplicates out and ON CONFLICT (%s) working for clients that reach PostgreSQL directly, and serves lookups of rows not encrypted yet",
+				describeIndex(ix), full, c.Column, c.Column)
+			if twin == nil {
+				newName := indexName(st.name, strings.Join(st.columnNames(ix.keys, a.num, c.BlindIndex), "_"), "key")
+				p.Statements = append(p.Statements, Statement{
+					SQL:        createIndexSQL(true, newName, q, st.columnList(ix.keys, a.num, c.BlindIndex), ""),
+					Why:        fmt.Sprintf("%s on encrypted column %s.%s cannot be enforced on tokens; its blind index %s gets the same uniqueness", describeIndex(ix), full, c.Column, c.BlindIndex),
+					Concurrent: true,
+				})
+				p.Notes = append(p.Notes, kept+"; once every row has its blind index (after pgveil backfill and pgveil verify), run pgveil schema --apply again to drop it")
+				continue
+			}
+			if unfilled || !twin.valid {
+				p.Notes = append(p.Notes, kept+fmt.Sprintf("; some rows have no blind index %s yet: run pgveil backfill, then pgveil verify, then pgveil schema --apply again to drop it", c.BlindIndex))
+				continue
+			}
+			if !st.hashed[c.Column] {
+				// No row has a value, so none has a blind index either: no
+				// sign yet that the application writes through pgveil.
+				p.Notes = append(p.Notes, kept+fmt.Sprintf("; no row has a blind index %s yet: run pgveil schema --apply again once the application writes through pgveil", c.BlindIndex))
+				continue
+			}
+			why := fmt.Sprintf("every row of %s has its blind index %s and %s enforces uniqueness there, so %s on encrypted column %s.%s is no longer needed", full, c.BlindIndex, twin.name, describeIndex(ix), full, c.Column)
 			if ix.constraint != "" {
-				out = append(out, Statement{SQL: fmt.Sprintf("ALTER TABLE %s DROP CONSTRAINT %s", q, quoteIdent(ix.constraint)),
-					Why: fmt.Sprintf("UNIQUE constraint %s on encrypted column %s.%s is to be dropped once %s enforces uniqueness", ix.constraint, full, c.Column, newName)})
+				finish = append(finish, Statement{SQL: fmt.Sprintf("ALTER TABLE %s DROP CONSTRAINT %s", q, quoteIdent(ix.constraint)), Why: why, Finish: true})
 			} else {
-				out = append(out, Statement{SQL: "DROP INDEX CONCURRENTLY IF EXISTS " + qualified(st.schema, ix.name),
-					Why:        fmt.Sprintf("unique index %s on encrypted column %s.%s is to be dropped once %s enforces uniqueness", ix.name, full, c.Column, newName),
-					Concurrent: true})
+				finish = append(finish, Statement{SQL: "DROP INDEX CONCURRENTLY IF EXISTS " + qualified(st.schema, ix.name), Why: why, Concurrent: true, Finish: true})
 			}
 		}
 		if !hashIndexed {
-			out = append(out, Statement{
-				SQL: fmt.Sprintf("CREATE INDEX CONCURRENTLY IF NOT EXISTS %s ON %s (%s)",
-					quoteIdent(indexName(st.name, c.BlindIndex, "idx")), q, quoteIdent(c.BlindIndex)),
+			p.Statements = append(p.Statements, Statement{
+				SQL:        createIndexSQL(false, indexName(st.name, c.BlindIndex, "idx"), q, quoteIdent(c.BlindIndex), ""),
 				Why:        fmt.Sprintf("blind index %s.%s has no index, so lookups on %s would scan the table", full, c.BlindIndex, c.Column),
 				Concurrent: true,
 			})
 		}
+		// While some rows have no blind index, mode: migrating looks them up
+		// by their plaintext (blind IS NULL AND col = value): without an
+		// index on the plaintext column every lookup scans them.
+		plainIndexed := false
+		for _, ix := range st.indexes {
+			if ix.name != migName && ix.valid && !ix.partial && !ix.expression && len(ix.keys) > 0 && ix.keys[0] == a.num && (ix.am == "btree" || ix.am == "hash") {
+				plainIndexed = true
+			}
+		}
+		migSQL := createIndexSQL(false, migName, q, quoteIdent(c.Column), fmt.Sprintf(" USING hash (%s) WHERE %s IS NULL", quoteIdent(c.Column), quoteIdent(c.BlindIndex)))
+		migWhy := fmt.Sprintf("during the migration (mode: migrating) lookups on %s.%s also match rows without a blind index by their plaintext, and no index on %s serves that, so every lookup scans those rows; %s indexes only them, and pgveil schema --apply drops it once every row has its blind index",
+			full, c.Column, c.Column, migName)
+		switch {
+		case mig != nil && !mig.valid:
+			p.Statements = append(p.Statements, Statement{SQL: "DROP INDEX CONCURRENTLY IF EXISTS " + qualified(st.schema, migName),
+				Why: fmt.Sprintf("index %s on %s.%s is invalid (an interrupted CREATE INDEX CONCURRENTLY)", migName, full, c.Column), Concurrent: true})
+			if unfilled && !plainIndexed {
+				p.Statements = append(p.Statements, Statement{SQL: migSQL, Why: migWhy, Concurrent: true})
+			}
+		case mig == nil && unfilled && !plainIndexed:
+			p.Statements = append(p.Statements, Statement{SQL: migSQL, Why: migWhy, Concurrent: true})
+		case mig != nil && !unfilled:
+			finish = append(finish, Statement{SQL: "DROP INDEX CONCURRENTLY IF EXISTS " + qualified(st.schema, migName),
+				Why:        fmt.Sprintf("every row of %s has its blind index %s, so %s (plaintext lookups during the migration) is no longer needed", full, c.BlindIndex, migName),
+				Concurrent: true, Finish: true})
+		}
+		p.Statements = append(p.Statements, finish...)
 	}
-	return out, probs
+	return p
+}
+
+// createIndexSQL is CREATE [UNIQUE] INDEX CONCURRENTLY IF NOT EXISTS; tail,
+// when set, replaces " (cols)".
+func createIndexSQL(unique bool, name, table, cols, tail string) string {
+	u := ""
+	if unique {
+		u = "UNIQUE "
+	}
+	if tail == "" {
+		tail = " (" + cols + ")"
+	}
+	return fmt.Sprintf("CREATE %sINDEX CONCURRENTLY IF NOT EXISTS %s ON %s%s", u, quoteIdent(name), table, tail)
+}
+
+// columnNames names the key columns of an index, with column from (0:
+// none) replaced by to.
+func (st *tableState) columnNames(keys []int16, from int16, to string) []string {
+	cols := make([]string, len(keys))
+	for i, k := range keys {
+		cols[i] = st.byNum[k]
+		if from != 0 && k == from {
+			cols[i] = to
+		}
+	}
+	return cols
+}
+
+// columnList is columnNames quoted, comma-separated.
+func (st *tableState) columnList(keys []int16, from int16, to string) string {
+	cols := st.columnNames(keys, from, to)
+	for i, n := range cols {
+		cols[i] = quoteIdent(n)
+	}
+	return strings.Join(cols, ", ")
+}
+
+// twin finds the unique index on the blind index that matches ix, a unique
+// index on the plaintext column from: the same keys with from replaced by
+// to (the blind-index column).
+func (st *tableState) twin(ix index, from, to int16) *index {
+	for i := range st.indexes {
+		o := &st.indexes[i]
+		if !o.unique || o.primary || o.partial || o.expression || len(o.keys) != len(ix.keys) {
+			continue
+		}
+		same := true
+		for k, n := range ix.keys {
+			if n == from {
+				n = to
+			}
+			same = same && o.keys[k] == n
+		}
+		if same {
+			return o
+		}
+	}
+	return nil
 }
 
 func describeIndex(ix index) string {
@@ -323,36 +492,42 @@ func containsAttr(keys []int16, n int16) bool {
 	return false
 }
 
-// PlanSchema inspects the database and returns the DDL the config still
-// needs and the problems DDL cannot fix.
-func PlanSchema(ctx context.Context, pool *pgxpool.Pool, tables []config.Table) ([]Statement, []Problem, error) {
-	var stmts []Statement
-	var probs []Problem
+// PlanSchema inspects the database and returns what the config still
+// needs: DDL, problems DDL cannot fix, and notes on what is left for a
+// later run.
+func PlanSchema(ctx context.Context, pool *pgxpool.Pool, tables []config.Table) (*SchemaPlan, error) {
+	out := &SchemaPlan{}
 	for _, t := range tables {
 		st, err := inspect(ctx, pool, t)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		s, p := plan(st, t)
-		stmts = append(stmts, s...)
-		probs = append(probs, p...)
+		p := plan(st, t)
+		out.Statements = append(out.Statements, p.Statements...)
+		out.Problems = append(out.Problems, p.Problems...)
+		out.Notes = append(out.Notes, p.Notes...)
 	}
-	return stmts, probs, nil
+	return out, nil
 }
 
 // CheckSchema returns every problem of the database's schema for the
 // config, each with its fix: what PlanSchema would change, and what it
-// cannot.
-func CheckSchema(ctx context.Context, pool *pgxpool.Pool, tables []config.Table) ([]Problem, error) {
-	stmts, probs, err := PlanSchema(ctx, pool, tables)
+// cannot. The finishing step of a migration (Statement.Finish) and what is
+// deliberately kept until then come back as notes, not problems.
+func CheckSchema(ctx context.Context, pool *pgxpool.Pool, tables []config.Table) (probs []Problem, notes []string, err error) {
+	p, err := PlanSchema(ctx, pool, tables)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out := make([]Problem, 0, len(stmts)+len(probs))
-	for _, s := range stmts {
-		out = append(out, Problem{What: s.Why, Fix: "pgveil schema --apply (runs: " + s.SQL + ")"})
+	probs = make([]Problem, 0, len(p.Statements)+len(p.Problems))
+	for _, s := range p.Statements {
+		if s.Finish {
+			notes = append(notes, s.Why+"; to finish the migration run pgveil schema --apply (runs: "+s.SQL+")")
+			continue
+		}
+		probs = append(probs, Problem{What: s.Why, Fix: "pgveil schema --apply (runs: " + s.SQL + ")"})
 	}
-	return append(out, probs...), nil
+	return append(probs, p.Problems...), append(notes, p.Notes...), nil
 }
 
 // WriteStatements prints statements as a SQL script.

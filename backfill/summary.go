@@ -15,6 +15,11 @@ func (s *Summary) Write(w io.Writer) {
 		fmt.Fprintf(w, "dry run of %s: nothing was changed\n", s.Op)
 	}
 	for _, t := range s.Tables {
+		if t.Skipped {
+			fmt.Fprintf(w, "%s: skipped, %s by an earlier run at %s (%d rows); --resume=false goes over it again\n",
+				t.Table, verb, t.FinishedAt.Format(time.RFC3339), t.Rows)
+			continue
+		}
 		rate := float64(t.Rows) / max(t.Duration.Seconds(), 1e-9)
 		fmt.Fprintf(w, "%s: %d rows examined", t.Table, t.Rows)
 		if s.DryRun {
@@ -57,6 +62,19 @@ func (s *Summary) Write(w io.Writer) {
 			}
 			sort.Strings(reasons)
 			fmt.Fprintf(w, "  failed values: %s (e.g. rows %s); pgveil verify lists them\n", strings.Join(reasons, ", "), strings.Join(t.FailedKeys, ", "))
+		}
+		for _, d := range t.Duplicates {
+			others := "another row"
+			if len(d.Others) > 0 {
+				others = "row " + strings.Join(d.Others, ", row ")
+			}
+			fmt.Fprintf(w, "  duplicate: row %s of %s holds the same %s as %s (unique index %s); left as it was\n", d.Row, t.Table, d.Column, others, d.Index)
+		}
+		if n := t.Failures[reasonDuplicate]; n > int64(len(t.Duplicates)) {
+			fmt.Fprintf(w, "  ... and %d more duplicate rows\n", n-int64(len(t.Duplicates)))
+		}
+		if fixes := failureFixes(t.Failures); t.Failed > 0 && len(fixes) > 0 {
+			fmt.Fprintf(w, "  fix: %s; then run the same command again\n", strings.Join(fixes, "; "))
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 
@@ -63,6 +64,10 @@ type tableInfo struct {
 	full    string // schema.name, unquoted, for reports
 	key     []keyCol
 	cols    []dataCol
+	types   map[string]string // every column's format_type, by name
+
+	mu      sync.Mutex
+	uniques map[string]*uniqueIndex // by index name, loaded on demand
 }
 
 // displayName is how progress lines name a table: "users" in public,
@@ -157,6 +162,7 @@ func loadTable(ctx context.Context, q querier, t config.Table) (*tableInfo, erro
 	}
 
 	attrs := map[string]string{}
+	ti.types = attrs
 	rows, err = q.Query(ctx, `SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
 		WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped`, oid)
 	if err != nil {

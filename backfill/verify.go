@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgveil/pgveil/keyring"
 )
 
 // Report is what pgveil verify found (its --json output).
@@ -19,6 +21,7 @@ type Report struct {
 	PrimaryKey   string          `json:"primary_key"`   // fingerprint
 	FallbackKeys []string        `json:"fallback_keys"` // fingerprints, in order
 	HashKey      string          `json:"hash_key"`      // fingerprint
+	MaxSize      int             `json:"max_size"`      // encryption.max_size in force (0: no limit)
 	Columns      []*ColumnReport `json:"columns"`
 }
 
@@ -35,10 +38,23 @@ type ColumnReport struct {
 	Undecryptable     int64            `json:"undecryptable"`
 	BlindIndexMissing int64            `json:"blind_index_missing"`
 	BlindIndexWrong   int64            `json:"blind_index_wrong"`
-	OK                bool             `json:"ok"`
+	// Of the plaintext values, those backfill cannot encrypt as they are:
+	// over encryption.max_size, or refused by sanitize_input.
+	OverMaxSize  int64 `json:"over_max_size"`
+	InvalidInput int64 `json:"invalid_input"`
+	// Duplicate counts values (plaintext, or tokens whose blind index is
+	// missing or stale) whose blind index another row already holds under
+	// a unique index: backfill or rehash cannot write it until the rows
+	// are told apart. DuplicateRows lists up to five as [row, other rows...].
+	Duplicate     int64      `json:"duplicate"`
+	DuplicateRows [][]string `json:"duplicate_rows,omitempty"`
+	// plainDuplicate: the duplicates that are plaintext (text output).
+	plainDuplicate int64
+	OK             bool `json:"ok"`
 	// Samples holds up to five primary keys (as text) per problem:
-	// "fallback_key", "plaintext", "undecryptable", "blind_index_missing",
-	// "blind_index_wrong". Never a value.
+	// "fallback_key", "plaintext" (values backfill can encrypt),
+	// "over_max_size", "invalid_input", "undecryptable",
+	// "blind_index_missing", "blind_index_wrong". Never a value.
 	Samples map[string][]string `json:"samples,omitempty"`
 }
 
@@ -62,6 +78,15 @@ func (c *ColumnReport) add(o *ColumnReport) {
 	c.Undecryptable += o.Undecryptable
 	c.BlindIndexMissing += o.BlindIndexMissing
 	c.BlindIndexWrong += o.BlindIndexWrong
+	c.OverMaxSize += o.OverMaxSize
+	c.InvalidInput += o.InvalidInput
+	c.Duplicate += o.Duplicate
+	c.plainDuplicate += o.plainDuplicate
+	for _, d := range o.DuplicateRows {
+		if len(c.DuplicateRows) < defaultSamples {
+			c.DuplicateRows = append(c.DuplicateRows, d)
+		}
+	}
 	for p, keys := range o.Samples {
 		for _, k := range keys {
 			c.sample(p, k)
@@ -75,7 +100,7 @@ func (c *ColumnReport) add(o *ColumnReport) {
 func (j *Job) Verify(ctx context.Context, pool *pgxpool.Pool) (*Report, error) {
 	j.defaults()
 	fps := j.Keys.KeyFingerprints()
-	rep := &Report{OK: true, PrimaryKey: fps[0], FallbackKeys: append([]string{}, fps[1:]...), HashKey: j.Keys.HashKeyFingerprint()}
+	rep := &Report{OK: true, PrimaryKey: fps[0], FallbackKeys: append([]string{}, fps[1:]...), HashKey: j.Keys.HashKeyFingerprint(), MaxSize: j.MaxSize}
 	for _, t := range j.Tables {
 		ti, err := loadTable(ctx, pool, t)
 		if err != nil {
@@ -143,6 +168,25 @@ func (j *Job) verifyTable(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo
 		}
 	}()
 
+	// Unique indexes on each blind index: a value whose blind index
+	// another row holds already is a duplicate, which backfill and rehash
+	// cannot write.
+	uniques, err := ti.uniqueIndexes(ctx, pool)
+	if err != nil {
+		cancel(err)
+	}
+	uniq := make([][]*uniqueIndex, len(ti.cols))
+	for ci, c := range ti.cols {
+		if c.hash == "" {
+			continue
+		}
+		for _, ix := range uniques {
+			if ix.cols != nil && ix.involves(c.cfg.BlindIndex) {
+				uniq[ci] = append(uniq[ci], ix)
+			}
+		}
+	}
+
 	total2 := newColumnReports(ti, fps)
 	var mu sync.Mutex
 	for w := 0; w < j.Workers; w++ {
@@ -152,31 +196,91 @@ func (j *Job) verifyTable(ctx context.Context, pool *pgxpool.Pool, ti *tableInfo
 			rc := &rowCodec{op: opVerify, keys: j.Keys, maxSize: j.MaxSize, sanitize: j.Sanitize}
 			var c cell
 			var arena []byte
+			type eval struct {
+				class    class
+				keyIndex int
+				hash     hashState
+				fail     failure
+			}
+			var evs []eval
 			for b := range work {
 				part := newColumnReports(ti, fps)
 				for ci, col := range ti.cols {
 					cr := part[ci]
+					evs = evs[:0]
+					var probes []probe
+					var probeRows []int
 					for row := 0; row < b.n; row++ {
 						arena = rc.eval(&c, col.domain, b.vals[ci][row], b.hash[ci][row], arena[:0])
+						e := eval{class: c.class, keyIndex: c.keyIndex, hash: c.hash}
+						if c.class == classPlain {
+							if err := keyring.CheckPlain(b.vals[ci][row], j.MaxSize, j.Sanitize); err != nil {
+								e.fail = plainFailure(err)
+							}
+						}
+						if len(uniq[ci]) > 0 && e.fail == failNone && (c.class == classPlain || c.class == classToken) &&
+							(c.hash == hashMissing || c.hash == hashWrong) {
+							key := make([]string, len(ti.key))
+							for k := range key {
+								key[k] = b.keys[k][row]
+							}
+							probes = append(probes, probe{key: key, vals: []string{string(rc.idx)}})
+							probeRows = append(probeRows, row)
+						}
+						evs = append(evs, e)
+					}
+					dupOf := map[int][]string{}
+					for _, ix := range uniq[ci] {
+						hs, err := ti.holders(ctx, pool, ix, []string{col.cfg.BlindIndex}, probes)
+						if err != nil {
+							cancel(err)
+							return
+						}
+						for p, h := range hs {
+							if len(h) > 0 && dupOf[probeRows[p]] == nil {
+								dupOf[probeRows[p]] = h
+							}
+						}
+					}
+					for row := 0; row < b.n; row++ {
+						e := evs[row]
 						cr.Rows++
-						switch c.class {
+						switch e.class {
 						case classNull:
 							cr.Null++
 						case classToken:
-							if c.keyIndex == 0 {
+							if e.keyIndex == 0 {
 								cr.PrimaryKeyTokens++
 							} else {
-								cr.FallbackKeyTokens[fps[c.keyIndex]]++
+								cr.FallbackKeyTokens[fps[e.keyIndex]]++
 								cr.sample("fallback_key", b.keyText(row))
 							}
 						case classPlain:
 							cr.Plaintext++
-							cr.sample("plaintext", b.keyText(row))
+							switch {
+							case e.fail == failTooLarge:
+								cr.OverMaxSize++
+								cr.sample("over_max_size", b.keyText(row))
+							case e.fail == failInvalidInput:
+								cr.InvalidInput++
+								cr.sample("invalid_input", b.keyText(row))
+							case dupOf[row] == nil:
+								cr.sample("plaintext", b.keyText(row))
+							}
 						case classUndecryptable:
 							cr.Undecryptable++
 							cr.sample("undecryptable", b.keyText(row))
 						}
-						switch c.hash {
+						if others := dupOf[row]; others != nil {
+							cr.Duplicate++
+							if e.class == classPlain {
+								cr.plainDuplicate++
+							}
+							if len(cr.DuplicateRows) < defaultSamples {
+								cr.DuplicateRows = append(cr.DuplicateRows, append([]string{b.keyText(row)}, others...))
+							}
+						}
+						switch e.hash {
 						case hashMissing:
 							cr.BlindIndexMissing++
 							cr.sample("blind_index_missing", b.keyText(row))
@@ -231,7 +335,14 @@ func (r *Report) WriteText(w io.Writer) {
 		for _, fp := range r.FallbackKeys {
 			fmt.Fprintf(w, ", under fallback %s %d", fp, c.FallbackKeyTokens[fp])
 		}
-		fmt.Fprintf(w, ", plaintext %d, undecryptable %d", c.Plaintext, c.Undecryptable)
+		fmt.Fprintf(w, ", plaintext %d", c.Plaintext)
+		if c.OverMaxSize > 0 || c.InvalidInput > 0 {
+			fmt.Fprintf(w, " (over max_size %d, invalid input %d)", c.OverMaxSize, c.InvalidInput)
+		}
+		fmt.Fprintf(w, ", undecryptable %d", c.Undecryptable)
+		if c.Duplicate > 0 {
+			fmt.Fprintf(w, ", duplicate %d", c.Duplicate)
+		}
 		if c.BlindIndex != "" {
 			fmt.Fprintf(w, ", blind index missing %d, wrong %d", c.BlindIndexMissing, c.BlindIndexWrong)
 		}
@@ -247,10 +358,26 @@ func (r *Report) WriteText(w io.Writer) {
 			fmt.Fprintf(w, "  problem: %d %s (rows %s)\n    fix: %s\n", n, what, strings.Join(c.Samples[key], ", "), fix)
 		}
 		problem(fallback, "fallback_key", "tokens under a fallback key", "run pgveil reencrypt")
-		problem(c.Plaintext, "plaintext", "plaintext values", "run pgveil backfill")
-		problem(c.Undecryptable, "undecryptable", "values no configured key decrypts",
-			"add the key that encrypted them to keys.fallback_keys (ENCRYPTION_KEY_FALLBACK), then run pgveil reencrypt")
-		problem(c.BlindIndexMissing, "blind_index_missing", "blind indexes missing", "run pgveil backfill")
+		problem(c.Plaintext-c.OverMaxSize-c.InvalidInput-c.plainDuplicate, "plaintext", "plaintext values", "run pgveil backfill")
+		problem(c.OverMaxSize, "over_max_size", fmt.Sprintf("plaintext values over encryption.max_size (%d bytes), which pgveil backfill cannot encrypt", r.MaxSize),
+			"raise encryption.max_size (ENCRYPTION_MAX_SIZE) above the largest of them, or shorten them; then run pgveil backfill")
+		problem(c.InvalidInput, "invalid_input", "plaintext values refused by sanitize_input (invalid UTF-8 or a NUL byte), which pgveil backfill cannot encrypt",
+			"correct them, or set encryption.sanitize_input: false if the column takes any bytes; then run pgveil backfill")
+		if c.Duplicate > 0 {
+			pairs := make([]string, len(c.DuplicateRows))
+			for i, d := range c.DuplicateRows {
+				pairs[i] = d[0] + " (same as " + strings.Join(d[1:], ", ") + ")"
+			}
+			fmt.Fprintf(w, "  problem: %d values whose blind index other rows hold already under a unique index: the same plaintext twice (rows %s)\n    fix: keep one row of each group (merge, delete or change the others, directly or through pgveil), then run pgveil backfill (pgveil rehash during a hash-key rotation)\n",
+				c.Duplicate, strings.Join(pairs, ", "))
+		}
+		problem(c.Undecryptable, "undecryptable", "values that are not a token pgveil can open: tokens of another key, or plaintext that looks like one",
+			"if they are tokens of a key pgveil no longer has, add it to keys.fallback_keys (ENCRYPTION_KEY_FALLBACK), then run pgveil reencrypt; if they are plaintext that starts like a token (gAAAAA...), write them again through pgveil, which encrypts them (UPDATE ... SET col = 'the value' WHERE <primary key>)")
+		missingFix := "run pgveil backfill"
+		if c.OverMaxSize+c.InvalidInput+c.Duplicate+c.Undecryptable > 0 {
+			missingFix += " (for the rows of the problems above, once those are fixed)"
+		}
+		problem(c.BlindIndexMissing, "blind_index_missing", "blind indexes missing", missingFix)
 		problem(c.BlindIndexWrong, "blind_index_wrong", "blind indexes not made with the current hash key",
 			"run pgveil rehash (keep the old hash key in keys.fallback_hash_keys meanwhile)")
 	}

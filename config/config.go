@@ -93,8 +93,9 @@ func (e Encryption) Audit() bool { return e.AuditLogging == nil || *e.AuditLoggi
 
 // Proxy holds wire-level limits.
 type Proxy struct {
-	// MaxMessageSize caps one protocol message in either direction.
-	// Default 256 MiB.
+	// MaxMessageSize caps one protocol message pgveil holds whole, in
+	// either direction; messages it passes on unchanged stream through
+	// whatever their size. Default 256 MiB.
 	MaxMessageSize int `yaml:"max_message_size"`
 	// StartupTimeout bounds SSL negotiation, startup and authentication.
 	// Default 30s.

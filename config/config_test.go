@@ -380,3 +380,16 @@ func TestYAML11Booleans(t *testing.T) {
 		t.Errorf("admin_listen %q sanitize %v audit %v", c.AdminListen, c.Encryption.Sanitize(), c.Encryption.Audit())
 	}
 }
+
+func TestSameKeySourceRefused(t *testing.T) {
+	yml := "upstream: 127.0.0.1:5432\nkeys:\n  encryption_key: file:/run/secrets/key\n  hash_key: FILE:/run/secrets/key \ntables:\n  - table: users\n    columns: [{column: email}]\n"
+	_, err := Parse([]byte(yml), "x.yaml", nil)
+	if err == nil || !strings.Contains(err.Error(), "line 4: keys.hash_key: names the same source as keys.encryption_key (file:/run/secrets/key)") {
+		t.Fatalf("got %v", err)
+	}
+	env := map[string]string{"ENCRYPTION_KEY": "x", "ENCRYPTION_HASH_KEY": "y"}
+	if _, err := Parse([]byte("upstream: 127.0.0.1:5432\ntables:\n  - table: users\n    columns: [{column: email}]\n"), "x.yaml",
+		func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
+		t.Fatalf("two variables: %v", err)
+	}
+}

@@ -376,6 +376,22 @@ func (v *validator) checkSources() {
 			}
 		}
 	}
+	// The blind-index key must not be the encryption key; pgveil check and
+	// serve also compare the keys themselves.
+	if src := sourceKey(k.HashKey); src != "" && src == sourceKey(k.EncryptionKey) {
+		v.problem(fmt.Sprintf("names the same source as keys.encryption_key (%s): the hash key must be a key of its own; generate one with pgveil keygen and give it its own variable or file (ENCRYPTION_HASH_KEY or ENCRYPTION_HASH_KEY_FILE)", src), "keys", "hash_key")
+	}
+}
+
+// sourceKey normalises a single key source for comparison ("" when it is
+// not one).
+func sourceKey(s string) string {
+	kind, name, ok := strings.Cut(strings.TrimSpace(s), ":")
+	name = strings.TrimSpace(name)
+	if !ok || name == "" {
+		return ""
+	}
+	return strings.ToLower(strings.TrimSpace(kind)) + ":" + name
 }
 
 // identifier normalises a configured name, or says what is wrong with it.

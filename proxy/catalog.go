@@ -23,6 +23,16 @@ package proxy
 //   - after a reload (SIGHUP), whose new snapshot generation every session
 //     compares against at statement boundaries.
 //
+// The same query tells how the session resolves configured table names
+// written without a schema (search_path, "$user", temporary tables): the
+// catalog's searchPath, which the rewriter plans with. When no configured
+// name belongs to two relations the session can see, that resolution
+// cannot change without DDL (static); otherwise (pathDynamic) a statement
+// that may change it (SET search_path, SET ROLE, RESET ALL, DISCARD, ...)
+// also asks for a reload, and so does every statement of a transaction in
+// which one ran, until a reload finds the session outside a transaction
+// (ROLLBACK and ROLLBACK TO undo SET).
+//
 // A database created later is covered because each connection loads the
 // catalog of its own database. What is not seen at once: a configured table
 // dropped and recreated by another connection keeps its old OID in older
@@ -35,6 +45,7 @@ import (
 	"strings"
 
 	"github.com/pgveil/pgveil/config"
+	"github.com/pgveil/pgveil/rewrite"
 )
 
 // columnRef is one configured encrypted column as found in the database.
@@ -48,7 +59,12 @@ type columnRef struct {
 // catalog maps result-column origins to configured columns. Immutable.
 type catalog struct {
 	generation uint64
-	byOrigin   map[origin]*columnRef
+	// searchPath: how this session resolves configured names without a
+	// schema; pathDynamic: some configured name belongs to more than one
+	// relation, so changes of search_path or role change the resolution.
+	searchPath  *rewrite.SearchPath
+	pathDynamic bool
+	byOrigin    map[origin]*columnRef
 	// columns lists, per configured table, every column in attnum order
 	// (for COPY ... TO STDOUT without a column list).
 	columns map[string][]string
@@ -79,7 +95,27 @@ func catalogQuery(tables []config.Table) string {
 		}
 		fmt.Fprintf(&b, "(%s, %s)", quoteLiteral(t.Schema), quoteLiteral(t.Name))
 	}
-	b.WriteString(") ORDER BY c.oid, a.attnum")
+	// One row per configured name (attnum -1): the schema of the relation
+	// the name finds along the session's search path ("" for none) and
+	// how many relations of that name the session can see.
+	b.WriteString(") UNION ALL SELECT 0::pg_catalog.oid, (-1)::pg_catalog.int2," +
+		" COALESCE((SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace" +
+		" WHERE c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident(x.name))), '')::pg_catalog.name, x.name::pg_catalog.name," +
+		" (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c WHERE c.relname = x.name" +
+		" AND NOT pg_catalog.pg_is_other_temp_schema(c.relnamespace))::pg_catalog.text::pg_catalog.name" +
+		" FROM (VALUES ")
+	seen := map[string]bool{}
+	for _, t := range tables {
+		if seen[t.Name] {
+			continue
+		}
+		if len(seen) > 0 {
+			b.WriteString(", ")
+		}
+		seen[t.Name] = true
+		fmt.Fprintf(&b, "(%s)", quoteLiteral(t.Name))
+	}
+	b.WriteString(") AS x(name) ORDER BY 1, 2")
 	return b.String()
 }
 
@@ -91,6 +127,12 @@ func buildCatalog(tables []config.Table, rows [][][]byte, generation uint64) *ca
 			want[t.Schema+"."+t.Name+"."+strings.ToLower(c.Column)] = c
 		}
 	}
+	// configured schemas of each name, for a name the path does not find
+	schemasOf := map[string][]string{}
+	for _, t := range tables {
+		schemasOf[t.Name] = append(schemasOf[t.Name], t.Schema)
+	}
+	resolved := map[string]string{}
 	cat := &catalog{generation: generation, byOrigin: map[origin]*columnRef{}, columns: map[string][]string{}}
 	for _, r := range rows {
 		if len(r) != 5 {
@@ -101,6 +143,22 @@ func buildCatalog(tables []config.Table, rows [][][]byte, generation uint64) *ca
 		if err1 != nil || err2 != nil {
 			continue
 		}
+		if att == -1 {
+			name, schema := string(r[3]), string(r[2])
+			if n, err := strconv.Atoi(string(r[4])); err != nil || n > 1 {
+				cat.pathDynamic = true
+			}
+			if schema == "" && len(schemasOf[name]) == 1 {
+				// Found nowhere: PostgreSQL will fail the statement, but
+				// its values are still encrypted, so that no plaintext
+				// reaches its error log.
+				schema = schemasOf[name][0]
+			}
+			if schema != "" {
+				resolved[name] = schema
+			}
+			continue
+		}
 		table := string(r[2]) + "." + string(r[3])
 		col := string(r[4])
 		cat.columns[table] = append(cat.columns[table], col)
@@ -108,5 +166,6 @@ func buildCatalog(tables []config.Table, rows [][][]byte, generation uint64) *ca
 			cat.byOrigin[origin{uint32(oid), int16(att)}] = &columnRef{table: table, column: col, qualified: table + "." + col, cfg: cc}
 		}
 	}
+	cat.searchPath = rewrite.NewSearchPath(resolved)
 	return cat
 }

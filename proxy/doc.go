@@ -44,9 +44,15 @@
 // reply the server owes and carries what serverLoop needs (the statement,
 // portal or plan, never the registry itself). On an ErrorResponse in the
 // extended protocol serverLoop drops every entry up to the next Sync, as
-// PostgreSQL discards the messages up to Sync; in the simple protocol the
-// Query's entry stays until its ReadyForQuery. NoticeResponse,
-// NotificationResponse and ParameterStatus never pop anything.
+// PostgreSQL discards the messages up to Sync; when the client's Sync is
+// not queued yet, the queue records nothing the client sends until that
+// Sync, whose ReadyForQuery it still awaits. In the simple protocol the
+// Query's entry stays until its ReadyForQuery. PostgreSQL ignores Sync and
+// Flush during COPY FROM STDIN: a Sync the client sent between a statement
+// and its CopyDone or CopyFail (libpq sends one right after Execute) is
+// dropped from the queue when CopyInResponse arrives, or not recorded if
+// sent after it. NoticeResponse, NotificationResponse and ParameterStatus
+// never pop anything.
 //
 // # Refusals and errors
 //
@@ -59,7 +65,14 @@
 // COMMIT cannot commit work the client saw fail. A stored value no key
 // opens (XX001) is found by serverLoop while rows stream; it answers with
 // its own ErrorResponse and discards the server's replies up to the next
-// ReadyForQuery, so no wrong row ever reaches the client.
+// ReadyForQuery, so no wrong row ever reaches the client. PostgreSQL saw no
+// error: when that ReadyForQuery says 'T', the client is told 'E' and
+// clientLoop sends a raising statement (its replies dropped) before the
+// client's next message, so PostgreSQL's transaction block fails too and a
+// COMMIT rolls back. What PostgreSQL ran before pgveil found the value (the
+// rest of a multi-statement Query, or of an extended batch already sent) is
+// not undone outside a transaction block: an implicit transaction commits
+// at its ReadyForQuery (see README, Known limits).
 //
 // # Buffers and flushing
 //

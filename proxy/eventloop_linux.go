@@ -362,7 +362,7 @@ func (s *Session) keptEventedUpstream() (conn net.Conn, leftover, evented bool) 
 	fd := ev.keptFD
 	ev.keptFD = -1
 	u := &ev.uin
-	leftover = u.r < len(u.buf) || u.current || u.discard > 0 || len(ev.uwr.pending) > 0
+	leftover = u.r < len(u.buf) || u.current || u.discard > 0 || u.pass > 0 || len(ev.uwr.pending) > 0
 	ev.mu.Unlock()
 	if fd < 0 {
 		return nil, leftover, true
@@ -538,11 +538,13 @@ func (s *Session) evServerFrames(ev *evState) error {
 		if err == errWouldBlock {
 			break
 		}
-		if err != nil {
+		// A frame over the limit goes to its handler too: forwarded as
+		// its bytes arrive or skipped, never held (serverTooLarge).
+		if err != nil && !isTooLarge(err) {
 			return err
 		}
 		if err := s.onServerMessage(st, typ); err != nil {
-			return err
+			return s.serverTooLarge(err)
 		}
 	}
 	ev.uin.shrink()

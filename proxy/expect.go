@@ -39,9 +39,22 @@ type expect struct {
 	// ErrorResponse is the client's reply.
 	raised bool
 	snap   *Snapshot // catalog: the configuration the query was built from
+	// replacesZ (catalog): the reload follows a statement that may change
+	// the catalog or the resolution of names; its ReadyForQuery is the one
+	// the client hears for that statement. pathGen: Session.pathGen when
+	// sent.
+	replacesZ bool
+	pathGen   uint64
 	// sent is when the client's message arrived (Sync, Query; a monoNow
 	// reading, 0 for other entries), for the statement duration metrics.
 	sent time.Duration
+	// inCopy: an expSync the client sent after an Execute or Query with
+	// nothing but Flush and CopyData in between. PostgreSQL ignores it if
+	// that statement started COPY FROM STDIN (see copyInStarted).
+	inCopy bool
+	// void: PostgreSQL ignored the message (a Sync in COPY FROM STDIN); the
+	// entry is removed unanswered once it is the oldest. Set under mu.
+	void bool
 }
 
 // expectQueue is the only state both loops touch.
@@ -54,28 +67,122 @@ type expectQueue struct {
 	// number n (counting from 1) has been answered once popped >= n.
 	pushed, popped uint64
 
+	// What PostgreSQL does with the client's next messages, where it does
+	// not answer them all:
+	//
+	// skipping: PostgreSQL reported an error in an extended-protocol batch
+	// before the client's Sync was queued. It discards every message up to
+	// that Sync, so until then push records nothing (popUntilSync).
+	skipping bool
+	// copyFrom is the number of the last Execute or Query of the client
+	// when it has sent nothing since but Sync, Flush and CopyData: the
+	// statement may have started COPY FROM STDIN. 0 otherwise.
+	copyFrom uint64
+	// copyIn: PostgreSQL answered entry copyFrom with CopyInResponse. It
+	// ignores Sync (and Flush) in copy-in, so until the client's CopyDone or
+	// CopyFail, or the COPY's error, push records no Sync.
+	copyIn bool
+
 	// front is a copy of the oldest entry, taken by peek and dropped by
-	// pop. Only the server side peeks and pops, and an entry does not
-	// change once pushed, so the copy stays true until the server side
-	// itself pops it: the rows of a result, each of which peeks, take the
-	// lock once between them. [server]
+	// pop. Only the server side peeks and pops, and the oldest entry does
+	// not change (only later ones are made void), so the copy stays true
+	// until the server side itself pops it: the rows of a result, each of
+	// which peeks, take the lock once between them. [server]
 	front   expect
 	frontOK bool
 }
 
 // push appends an entry and returns its number; ok is false once the
-// session is being drained.
+// session is being drained. n is 0 when nothing is appended because
+// PostgreSQL will not answer the message: it discards messages up to Sync
+// after an error (skipping) and ignores a Sync in copy-in (copyIn). [client]
 func (q *expectQueue) push(e expect) (n uint64, ok bool) {
 	q.mu.Lock()
+	defer q.mu.Unlock()
 	if q.closed {
-		q.mu.Unlock()
 		return 0, false
+	}
+	if e.kind == expSync {
+		if q.copyIn {
+			return 0, true
+		}
+		q.skipping = false
+		e.inCopy = q.copyFrom != 0
+	} else {
+		q.copyFrom, q.copyIn = 0, false
+		if q.skipping {
+			return 0, true
+		}
 	}
 	q.items = append(q.items, e)
 	q.pushed++
-	n = q.pushed
+	if (e.kind == expExecute || e.kind == expQuery) && !e.drop {
+		q.copyFrom = q.pushed
+	}
+	return q.pushed, true
+}
+
+// endCopy records that the client sent CopyDone or CopyFail: its Syncs
+// count again. [client]
+func (q *expectQueue) endCopy() {
+	q.mu.Lock()
+	q.copyFrom, q.copyIn = 0, false
 	q.mu.Unlock()
-	return n, true
+}
+
+// mayCopy reports whether PostgreSQL may be in COPY FROM STDIN: the
+// client sent nothing but Sync, Flush and CopyData since its last statement,
+// and that statement is not answered yet or started a COPY. [client]
+func (q *expectQueue) mayCopy() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.copyIn || q.copyFrom != 0 && q.popped < q.copyFrom
+}
+
+// copyInStarted records PostgreSQL's CopyInResponse to the oldest entry.
+// PostgreSQL ignores the Syncs the client sent between that statement and
+// its CopyDone or CopyFail: those already queued are made void, later ones
+// are not queued (push). [server]
+func (q *expectQueue) copyInStarted() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.dropVoidLocked()
+	if q.head == len(q.items) {
+		return
+	}
+	for i := q.head + 1; i < len(q.items) && q.items[i].kind == expSync && q.items[i].inCopy; i++ {
+		q.items[i].void = true
+	}
+	if q.copyFrom == q.popped+1 {
+		q.copyIn = true
+	}
+}
+
+// leaveCopyIn records that the COPY ended on the server (an error): Syncs
+// the client sends from now on are answered. [server]
+func (q *expectQueue) leaveCopyIn() {
+	q.mu.Lock()
+	q.copyIn = false
+	q.mu.Unlock()
+}
+
+// dropVoidLocked removes the void entries at the front.
+func (q *expectQueue) dropVoidLocked() {
+	for q.head < len(q.items) && q.items[q.head].void {
+		q.items[q.head] = expect{}
+		q.head++
+		q.popped++
+	}
+	if q.head == len(q.items) {
+		q.items, q.head = q.items[:0], 0
+	}
+}
+
+// lastPushed returns the number of the last entry pushed. [client]
+func (q *expectQueue) lastPushed() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.pushed
 }
 
 // answered reports whether entry number n has been removed.
@@ -92,6 +199,7 @@ func (q *expectQueue) peek() (expect, bool) {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.dropVoidLocked()
 	if q.head == len(q.items) {
 		return expect{}, false
 	}
@@ -106,8 +214,17 @@ func (q *expectQueue) pop() (expect, bool) {
 	return q.popLocked()
 }
 
+// popNumbered is pop that also returns the entry's number. [server]
+func (q *expectQueue) popNumbered() (expect, uint64, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	e, ok := q.popLocked()
+	return e, q.popped, ok
+}
+
 func (q *expectQueue) popLocked() (expect, bool) {
 	q.front, q.frontOK = expect{}, false
+	q.dropVoidLocked()
 	if q.head == len(q.items) {
 		return expect{}, false
 	}
@@ -124,24 +241,39 @@ func (q *expectQueue) popLocked() (expect, bool) {
 // popUntilSync removes the entries an extended-protocol error cancels: all
 // up to, not including, the next Sync. It reports whether any of them (or
 // the failing one) was the client's, i.e. whether the client must see the
-// error. [server]
+// error. When no Sync is queued, PostgreSQL goes on discarding the
+// messages the client sends until its Sync, and push records none of
+// them. An error also ends a COPY FROM STDIN. [server]
 func (q *expectQueue) popUntilSync() (clientOwned bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.front, q.frontOK = expect{}, false
-	for q.head < len(q.items) && q.items[q.head].kind != expSync {
+	q.copyIn = false
+	removed := false
+	for {
+		q.dropVoidLocked()
+		if q.head == len(q.items) {
+			// An error with nothing owed is not the answer to anything
+			// the client sent in a batch.
+			q.skipping = removed
+			return clientOwned
+		}
+		if q.items[q.head].kind == expSync {
+			return clientOwned
+		}
 		if !q.items[q.head].drop {
 			clientOwned = true
 		}
 		q.popLocked()
+		removed = true
 	}
-	return clientOwned
 }
 
 // empty reports whether nothing is owed.
 func (q *expectQueue) empty() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.dropVoidLocked()
 	return q.head == len(q.items)
 }
 
@@ -149,6 +281,7 @@ func (q *expectQueue) empty() bool {
 func (q *expectQueue) closeIfIdle() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.dropVoidLocked()
 	if q.head != len(q.items) {
 		return false
 	}

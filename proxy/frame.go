@@ -45,15 +45,49 @@ func (e *MessageTooLargeError) SQLState() string { return "54000" }
 
 var errBadFrameLength = errors.New("pgveil: invalid protocol message length")
 
+func isTooLarge(err error) bool {
+	var tl *MessageTooLargeError
+	return errors.As(err, &tl)
+}
+
+// serverTooLarge handles a handler's error: a server message over
+// proxy.max_message_size that pgveil would have to hold whole (a DataRow or
+// CopyData with a value to decrypt) becomes the FATAL error the client gets
+// before the session closes, logged at warn level. Messages pgveil passes
+// on unchanged stream through whatever their size; this one cannot be
+// skipped without the client losing its place in the reply. Any other
+// error is returned as it is.
+func (s *Session) serverTooLarge(err error) error {
+	var tl *MessageTooLargeError
+	if !errors.As(err, &tl) {
+		return err
+	}
+	what := "message"
+	switch tl.Type {
+	case 'D':
+		what = "row (DataRow)"
+	case 'd':
+		what = "COPY row (CopyData)"
+	}
+	s.log.Warn("server message over proxy.max_message_size; closing the session",
+		"type", string(rune(tl.Type)), "size", tl.Size, "limit", tl.Limit)
+	return &fatalError{&pgError{code: codeProgramLimit,
+		msg: fmt.Sprintf("pgveil: a %s of %d bytes from PostgreSQL exceeds the limit of %d bytes (proxy.max_message_size); "+
+			"pgveil must hold it whole to decrypt it, and closes the connection since the rest of the reply cannot be resumed", what, tl.Size, tl.Limit),
+		hint: "raise proxy.max_message_size, or select less data per row"}}
+}
+
 // frameSource yields typed protocol frames. frameReader reads them from a
 // socket (blocking); memFrames from bytes an event loop has read.
 type frameSource interface {
 	// next reads the header of the next frame; the previous frame's body
 	// must have been consumed.
 	next() (byte, int, error)
-	// body returns the current frame's body, borrowed until the next call.
+	// body returns the current frame's body, borrowed until the next call;
+	// a *MessageTooLargeError for a frame over the limit.
 	body() ([]byte, error)
-	// forward copies the current frame, header included, to w.
+	// forward copies the current frame, header included, to w; one over
+	// the limit streams through without being held whole.
 	forward(w *bufio.Writer) error
 	// skip discards the current frame.
 	skip() error
@@ -140,8 +174,12 @@ func (fr *frameReader) next() (byte, int, error) {
 }
 
 // body returns the current frame's body. When the whole frame fits in the
-// read buffer the slice points into it (no copy).
+// read buffer the slice points into it (no copy). A frame over the limit is
+// never read into memory: it stays current, to be skipped or forwarded.
 func (fr *frameReader) body() ([]byte, error) {
+	if fr.size > fr.limit {
+		return nil, &MessageTooLargeError{Type: fr.typ, Size: fr.size, Limit: fr.limit}
+	}
 	fr.read = true
 	fr.whole = nil
 	if 5+fr.size <= fr.r.Size() {

@@ -16,7 +16,8 @@ const minReadSpace = 8 << 10
 // memFrames is a frameSource over bytes an event loop read from a socket.
 // next reports errWouldBlock until a whole frame is in memory, so handlers
 // never wait; a frame over the limit is reported as soon as its header is
-// in and skipped as its bytes arrive, never held.
+// in and skipped or forwarded as its bytes arrive, never held (body refuses
+// it).
 type memFrames struct {
 	buf     []byte // unread bytes are buf[r:]
 	r       int
@@ -26,6 +27,10 @@ type memFrames struct {
 	discard int    // bytes of a skipped frame still to arrive
 	full    bool   // the last read filled the room spare offered
 	whole   []byte // the frame body last handed out, header included
+	// pass is how many bytes of a frame forward streams (one over the
+	// limit) are still to arrive; next writes them to passTo first.
+	pass   int
+	passTo *bufio.Writer
 }
 
 // spare returns room for the next read: at least minReadSpace, and enough
@@ -40,7 +45,7 @@ func (m *memFrames) spare() []byte {
 		// offer more (fewer system calls for a large result).
 		need = min(max(2*cap(m.buf), need), maxReadPerEvent)
 	}
-	if avail := len(m.buf) - m.r; avail >= 5 {
+	if avail := len(m.buf) - m.r; avail >= 5 && m.pass == 0 {
 		n := int(int32(binary.BigEndian.Uint32(m.buf[m.r+1 : m.r+5])))
 		if total := 1 + n; n >= 4 && n-4 <= m.limit && total > avail {
 			need = max(need, total-avail)
@@ -87,6 +92,14 @@ func (m *memFrames) next() (byte, int, error) {
 			return 0, 0, err
 		}
 	}
+	if m.pass > 0 {
+		if err := m.passOn(); err != nil {
+			return 0, 0, err
+		}
+		if m.pass > 0 {
+			return 0, 0, errWouldBlock
+		}
+	}
 	if m.discard > 0 {
 		return 0, 0, errWouldBlock
 	}
@@ -112,6 +125,10 @@ func (m *memFrames) next() (byte, int, error) {
 }
 
 func (m *memFrames) body() ([]byte, error) {
+	if m.size > m.limit {
+		// Never held whole: the frame stays current, to be skipped.
+		return nil, &MessageTooLargeError{Type: m.buf[m.r], Size: m.size, Limit: m.limit}
+	}
 	m.current = false
 	b := m.buf[m.r+5 : m.r+5+m.size]
 	m.whole = m.buf[m.r : m.r+5+m.size]
@@ -125,8 +142,32 @@ func (m *memFrames) frame() []byte { return m.whole }
 
 func (m *memFrames) forward(w *bufio.Writer) error {
 	m.current = false
-	_, err := w.Write(m.buf[m.r : m.r+5+m.size])
-	m.r += 5 + m.size
+	total := 5 + m.size
+	if avail := len(m.buf) - m.r; avail < total {
+		// A frame over the limit: what is in memory now, the rest as it
+		// arrives (next), so it is never held whole.
+		m.pass, m.passTo = total-avail, w
+		_, err := w.Write(m.buf[m.r:])
+		m.r = len(m.buf)
+		return err
+	}
+	_, err := w.Write(m.buf[m.r : m.r+total])
+	m.r += total
+	return err
+}
+
+// passOn writes to passTo what has arrived of the frame forward streams.
+func (m *memFrames) passOn() error {
+	k := min(m.pass, len(m.buf)-m.r)
+	if k == 0 {
+		return nil
+	}
+	_, err := m.passTo.Write(m.buf[m.r : m.r+k])
+	m.r += k
+	m.pass -= k
+	if m.pass == 0 {
+		m.passTo = nil
+	}
 	return err
 }
 

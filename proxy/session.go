@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,27 +47,50 @@ type Session struct {
 	cwMu     sync.Mutex
 	closing  atomic.Bool
 	txStatus atomic.Uint32 // last ReadyForQuery status: 'I', 'T', 'E'
+	// failTx is set by the server side when it told the client that its
+	// transaction block failed (a value pgveil could not decrypt) while
+	// PostgreSQL's is still good; the client side then fails PostgreSQL's
+	// before the client's next statement (failTransaction).
+	failTx atomic.Bool
 	// evented is set before the event loop first runs the session's
 	// handlers: from then on its two sides never run at the same time.
-	evented     bool             // [client]
-	needCatalog bool             // [client] reload the catalog before the next statement
-	ddlPending  bool             // [client] the statement being sent changes the schema
-	inBatch     bool             // [client] extended-protocol messages sent since the last Sync
-	failedBatch bool             // [client] pgveil refused a message; the server skips to Sync
-	snap        *Snapshot        // [client] snapshot in force for the current statement
-	copyIn      *copyInState     // [client] rewriting a COPY FROM STDIN
-	stmts       named[statement] // [client] prepared statements by name ("" = unnamed)
-	portals     named[portal]    // [client]
+	evented     bool // [client]
+	needCatalog bool // [client] reload the catalog before the next statement
+	// refreshAfter: reload the catalog right after the statement being
+	// sent, before the client hears it is done (see catalog.go): it may
+	// change how names without a schema resolve, or the schema. [client]
+	refreshAfter bool
+	// pathGen counts the statements that may have changed the session's
+	// resolution of names (pathDynamic catalogs); pathSeen is the count
+	// the newest reload saw; pathInTx: one ran in a transaction block not
+	// yet seen to end, so every statement is followed by a reload.
+	// replacing counts reloads whose ReadyForQuery stands for the
+	// statement before them.
+	pathGen, pathSeen atomic.Uint64
+	pathInTx          atomic.Bool
+	replacing         atomic.Int32
+	inBatch           bool             // [client] extended-protocol messages sent since the last Sync
+	failedBatch       bool             // [client] pgveil refused a message; the server skips to Sync
+	snap              *Snapshot        // [client] snapshot in force for the current statement
+	copyIn            *copyInState     // [client] rewriting a COPY FROM STDIN
+	stmts             named[statement] // [client] prepared statements by name ("" = unnamed)
+	portals           named[portal]    // [client]
 	// lastParse remembers the last Parse that touched no configured table.
-	lastParse *parseMemo              // [client]
-	cat       atomic.Pointer[catalog] // written by startup and serverLoop, read by both
-	encBuf    []byte                  // [client] scratch for re-encoded messages
+	lastParse *parseMemo // [client]
+	// scs follows standard_conforming_strings (literals.go).
+	scs    scsState
+	cat    atomic.Pointer[catalog] // written by startup and serverLoop, read by both
+	encBuf []byte                  // [client] scratch for re-encoded messages
 	// overhead accumulates the nanoseconds both loops spent working (from
 	// the end of a blocking read to the flush before the next one) since
 	// the last ReadyForQuery; serverLoop turns it into the per-statement
 	// metrics.
 	overhead atomic.Int64
 	stats    sessionStats
+
+	// copyFail is set by the client side when it aborts a COPY with
+	// CopyFail, taken by the server side with the reply (copy.go).
+	copyFail atomic.Pointer[copyFailNote]
 
 	q        expectQueue
 	srvState serverState // [server]
@@ -132,8 +157,17 @@ type statement struct {
 	hidden       int
 	// declared holds the client's parameter types when pgveil changed one
 	// of them in the Parse it sent; ParameterDescription reports them.
-	declared  []uint32
-	described bool // [client] the client sent Describe for it
+	declared []uint32
+	// bpchar marks the parameters the client declared bpchar (nil for
+	// none): trailing spaces are cut before encrypting or hashing, as
+	// PostgreSQL's cast to text cuts them.
+	bpchar    []bool
+	described bool  // [client] the client sent Describe for it
+	scs       uint8 // what executing it may do to standard_conforming_strings (scsEffect)
+
+	// src: what it was planned from, when a reload or a change of
+	// search_path may change its plan (freshStatement). [client]
+	src *stmtSource
 
 	rows      *rowInfo // [server] from the Describe reply
 	rowsKnown bool     // [server]
@@ -327,12 +361,15 @@ func (s *Session) serve() {
 	}
 	var fatal *fatalError
 	if errors.As(cerr, &fatal) {
-		// Tell the client why before closing: stop the server loop first
-		// so only one goroutine writes to the client.
-		s.upstream.SetReadDeadline(time.Now())
-		<-done
+		// Tell the client why before closing, then stop the server loop
+		// (which closes the client socket as it ends). It writes whole
+		// messages under cwMu, so the error goes between two of them.
+		s.cwMu.Lock()
 		s.writeError(fatal.err, true)
 		_ = s.cw.Flush()
+		s.cwMu.Unlock()
+		s.upstream.SetReadDeadline(time.Now())
+		<-done
 	} else if s.reuse.Load() {
 		// The server loop waits for a reply nothing owes: stop it between
 		// two frames, and keep the connection.
@@ -467,6 +504,11 @@ func (s *Session) onClientMessage(typ byte, nextErr error, busySince time.Durati
 	if s.copyIn != nil && typ != 'd' && typ != 'c' && typ != 'f' && typ != 'H' && typ != 'S' {
 		s.copyIn = nil // the COPY ended on the server before any data
 	}
+	if s.failTx.Load() {
+		if err := s.failTransaction(typ); err != nil {
+			return err
+		}
+	}
 	var err error
 	switch typ {
 	case 'Q':
@@ -482,8 +524,11 @@ func (s *Session) onClientMessage(typ byte, nextErr error, busySince time.Durati
 	case 'C':
 		err = s.onClose()
 	case 'S':
-		s.failedBatch, s.inBatch = false, false
-		err = s.forwardExpect(expect{kind: expSync, sent: busySince})
+		// A Sync PostgreSQL ignores in COPY FROM STDIN ends no batch.
+		var n uint64
+		if n, err = s.forwardExpectN(expect{kind: expSync, sent: busySince}); n != 0 {
+			s.failedBatch, s.inBatch = false, false
+		}
 	case 'd':
 		if s.copyIn != nil {
 			err = s.onCopyData()
@@ -491,13 +536,18 @@ func (s *Session) onClientMessage(typ byte, nextErr error, busySince time.Durati
 			err = s.cr.forward(s.uw)
 		}
 	case 'c', 'f': // CopyDone, CopyFail
+		s.q.endCopy()
 		if s.copyIn != nil {
 			err = s.endCopyIn(typ)
 		} else {
 			err = s.cr.forward(s.uw)
 		}
 	case 'F': // FunctionCall: a result, then ReadyForQuery
-		err = s.forwardExpect(expect{kind: expQuery, sent: busySince})
+		// It may call set_config: treated as changing
+		// standard_conforming_strings until its ReadyForQuery.
+		if err = s.forwardExpect(expect{kind: expQuery, sent: busySince}); err == nil {
+			s.markSCSChange()
+		}
 	case 'X':
 		if s.canKeepUpstream() {
 			// The Terminate is not forwarded: the connection is reset and
@@ -521,17 +571,25 @@ func (s *Session) onClientMessage(typ byte, nextErr error, busySince time.Durati
 	case 'P', 'B', 'D', 'E', 'C':
 		s.inBatch = true
 	}
-	s.afterStatement()
+	s.afterStatement(typ)
 	return nil
 }
 
 // forwardExpect forwards the current message unchanged and records the
 // reply it is owed.
 func (s *Session) forwardExpect(e expect) error {
-	if _, ok := s.q.push(e); !ok {
-		return net.ErrClosed
+	_, err := s.forwardExpectN(e)
+	return err
+}
+
+// forwardExpectN is forwardExpect returning the entry's number, 0 when
+// PostgreSQL will not answer the message (expectQueue.push).
+func (s *Session) forwardExpectN(e expect) (uint64, error) {
+	n, ok := s.q.push(e)
+	if !ok {
+		return 0, net.ErrClosed
 	}
-	return s.cr.forward(s.uw)
+	return n, s.cr.forward(s.uw)
 }
 
 // send writes an encoded message to the upstream after recording its reply.
@@ -540,7 +598,7 @@ func (s *Session) send(e expect, frame []byte) error {
 	if !ok {
 		return net.ErrClosed
 	}
-	if e.portal != nil {
+	if e.portal != nil && n != 0 {
 		e.portal.owedThrough = n
 	}
 	_, err := s.uw.Write(frame)
@@ -573,18 +631,23 @@ func (s *Session) snapshot() *Snapshot {
 // plan analyses sql, counting the outcome.
 func (s *Session) plan(snap *Snapshot, sql string) (*rewrite.Plan, []rewrite.Literal, error) {
 	s.stats.statements.Add(1)
+	// pgveil's reading of the literals must be PostgreSQL's (literals.go).
+	if err := s.scsRefusal(snap, sql); err != nil {
+		return nil, nil, err
+	}
+	cat := s.cat.Load()
+	s.planScratch.SearchPath = cat.searchPath
 	plan, lits, res, err := snap.Rewriter.PlanScratch(sql, &s.planScratch)
 	s.srv.Metrics.PlanCache(cacheLabel(res))
 	if err != nil {
 		return nil, nil, err
 	}
-	if plan.DDL {
-		s.ddlPending = true
+	if plan.Kind != rewrite.KindRefuse {
+		plan = s.followSearchPath(cat, plan)
 	}
 	if len(plan.Tables) > 0 {
 		// A configured table this session's catalog does not know (created
 		// after the session started): reload first, at most once a second.
-		cat := s.cat.Load()
 		for _, t := range plan.Tables {
 			if _, ok := cat.columns[t]; !ok && time.Since(s.catMissAt) > time.Second {
 				s.catMissAt = time.Now()
@@ -601,12 +664,56 @@ func (s *Session) plan(snap *Snapshot, sql string) (*rewrite.Plan, []rewrite.Lit
 	return plan, lits, nil
 }
 
-// sent marks the end of one client message's handling: a schema change
-// asks for a catalog reload before the next statement.
-func (s *Session) afterStatement() {
-	if s.ddlPending {
-		s.ddlPending = false
-		s.needCatalog = true
+// followSearchPath keeps the session's catalog and resolution of names
+// without a schema true (catalog.go): a statement that may change them is
+// followed by a catalog reload before the client hears it is done, and a
+// statement that names a configured table without its schema while such a
+// reload is still owed (later in the same Query or batch) is refused, since
+// it was planned with a resolution that may no longer hold.
+func (s *Session) followSearchPath(cat *catalog, plan *rewrite.Plan) *rewrite.Plan {
+	if plan.DDL {
+		// a table created or dropped may hide or show another of its
+		// name; rolled back, it is undone
+		s.refreshAfter = true
+		s.pathInTx.Store(true)
+		if cat.pathDynamic {
+			s.pathGen.Add(1)
+		}
+	}
+	if cat.pathDynamic && plan.SearchPathChange {
+		s.refreshAfter = true
+		s.pathInTx.Store(true)
+		s.pathGen.Add(1)
+	}
+	if s.pathInTx.Load() {
+		s.refreshAfter = true
+	}
+	if cat.pathDynamic && plan.Unqualified && s.pathSeen.Load() < s.pathGen.Load() {
+		table := ""
+		if len(plan.Tables) > 0 {
+			table = plan.Tables[0]
+		}
+		return &rewrite.Plan{Kind: rewrite.KindRefuse, Tables: plan.Tables, Refusal: &rewrite.RefusalError{
+			Table:   table,
+			Op:      "statement",
+			Message: "pgveil: this statement names an encrypted table without its schema after a change of search_path, role or tables in the same Query or batch",
+			Hint:    "send the change as a statement of its own (or end the batch with Sync first), or qualify the table with its schema",
+			Reason:  rewrite.ReasonUnsupported,
+			Code:    "0A000",
+		}}
+	}
+	return plan
+}
+
+// afterStatement marks the end of one client message's handling. A
+// statement that may change the catalog or the resolution of names is
+// followed at once by a catalog reload, when the message ends a Query or a
+// batch; the reload's ReadyForQuery stands for the statement's, so a client
+// that waits for it plans its next statement with the new catalog.
+func (s *Session) afterStatement(typ byte) {
+	if s.refreshAfter && (typ == 'Q' || typ == 'S' || typ == 'F') && !s.inBatch && s.copyIn == nil {
+		s.refreshAfter = false
+		s.injectCatalogReload(true)
 	}
 }
 
@@ -649,6 +756,7 @@ func (s *Session) onQuery(sent time.Duration) error {
 	// A view of the read buffer, not a copy: the plan is rendered before
 	// the buffer is read into again, and PlanScratch keeps nothing of it.
 	sql := unsafe.String(unsafe.SliceData(sqlBytes), len(sqlBytes))
+	changes := s.scsChanges(scsEffect(sql))
 	plan, lits, err := s.plan(snap, sql)
 	if err != nil {
 		return s.raiseQuery(nil, err)
@@ -658,7 +766,11 @@ func (s *Session) onQuery(sent time.Duration) error {
 		return s.raiseQuery(plan, plan.Refusal)
 	case rewrite.KindPassthrough:
 		s.countOutcome(plan, nil)
-		return s.sendAsIs(expect{kind: expQuery, plan: plan, sent: sent}, 'Q', body)
+		err := s.sendAsIs(expect{kind: expQuery, plan: plan, sent: sent}, 'Q', body)
+		if err == nil && changes {
+			s.markSCSChange()
+		}
+		return err
 	}
 	// Rendered straight into the frame sent upstream.
 	frame, start := appendFrameHeader(s.encBuf[:0], 'Q')
@@ -674,7 +786,11 @@ func (s *Session) onQuery(sent time.Duration) error {
 	frame = append(frame, 0)
 	frame = finishFrame(frame, start)
 	s.encBuf = frame
-	return s.send(expect{kind: expQuery, plan: plan, sent: sent}, frame)
+	err = s.send(expect{kind: expQuery, plan: plan, sent: sent}, frame)
+	if err == nil && changes {
+		s.markSCSChange()
+	}
+	return err
 }
 
 // raiseQuery sends, in place of a refused simple query, one that makes
@@ -685,9 +801,58 @@ func (s *Session) raiseQuery(plan *rewrite.Plan, err error) error {
 	}
 	s.countOutcome(plan, err)
 	q := pgproto3.Query{String: raiseSQL(err)}
-	frame, _ := q.Encode(s.encBuf[:0])
+	frame, eerr := q.Encode(s.encBuf[:0])
+	if eerr != nil {
+		return eerr
+	}
 	s.encBuf = frame
 	return s.send(expect{kind: expQuery, sent: monoNow(), raised: true}, frame)
+}
+
+// txFailed is the body of a ReadyForQuery saying the transaction block
+// failed.
+var txFailed = []byte{'E'}
+
+// failTransaction fails PostgreSQL's transaction block, as the client was
+// told it failed (failTx), before the client message typ reaches it: a
+// query that raises, its replies dropped. Not while PostgreSQL may be in
+// COPY FROM STDIN, where a Query would end the COPY rather than run, nor
+// for a Terminate, which ends the transaction anyway: the next message does
+// it then. [client]
+func (s *Session) failTransaction(typ byte) error {
+	switch typ {
+	case 'd', 'c', 'f', 'X':
+		return nil
+	case 'S', 'H':
+		if s.q.mayCopy() {
+			return nil
+		}
+	}
+	s.failTx.Store(false)
+	q := pgproto3.Query{String: raiseSQL(&pgError{code: codeDataCorrupted,
+		msg: "pgveil: the transaction is aborted: a value in its results could not be decrypted"})}
+	frame, err := q.Encode(s.encBuf[:0])
+	if err != nil {
+		return err
+	}
+	s.encBuf = frame
+	return s.send(expect{kind: expQuery, drop: true}, frame)
+}
+
+// parseEncodeError is the refusal of a Parse pgveil cannot encode once
+// rewritten: with its blind-index parameters it has more parameter types
+// than the protocol carries (nOIDs of them), or its encrypted values make it
+// larger than a message can be.
+func parseEncodeError(nOIDs int) error {
+	if nOIDs > math.MaxUint16 {
+		return &pgError{code: codeProgramLimit,
+			msg: fmt.Sprintf("pgveil: the statement has too many parameters once pgveil adds its blind-index parameters (%d; the protocol allows %d)",
+				nOIDs, math.MaxUint16),
+			hint: "split the statement into smaller ones"}
+	}
+	return &pgError{code: codeProgramLimit,
+		msg:  "pgveil: the statement is too large once pgveil encrypts its values",
+		hint: "split the statement into smaller ones"}
 }
 
 // raiseExtended sends, in place of a refused Parse or Bind, an unnamed
@@ -697,8 +862,11 @@ func (s *Session) raiseQuery(plan *rewrite.Plan, err error) error {
 func (s *Session) raiseExtended(err error) error {
 	s.countOutcome(&rewrite.Plan{}, err)
 	s.failedBatch = true
-	buf := s.encBuf[:0]
-	buf, _ = (&pgproto3.Parse{Query: raiseSQL(err)}).Encode(buf)
+	buf, eerr := (&pgproto3.Parse{Query: raiseSQL(err)}).Encode(s.encBuf[:0])
+	if eerr != nil {
+		return eerr
+	}
+	// Bind and Execute with no names or values always encode.
 	buf, _ = (&pgproto3.Bind{}).Encode(buf)
 	buf, _ = (&pgproto3.Execute{}).Encode(buf)
 	s.encBuf = buf
@@ -714,6 +882,11 @@ func (s *Session) raiseExtended(err error) error {
 // refuseTooLarge skips an oversized client message without reading it into
 // memory and answers it in its place, so the connection stays usable.
 func (s *Session) refuseTooLarge(typ byte, tooLarge *MessageTooLargeError) error {
+	if typ == 'd' && s.copyIn == nil {
+		// CopyData of a COPY pgveil does not rewrite streams through
+		// without being held, as PostgreSQL's large rows do.
+		return s.cr.forward(s.uw)
+	}
 	s.srv.Metrics.Rejection(ReasonTooLarge)
 	if err := s.cr.skip(); err != nil {
 		return err
@@ -724,11 +897,8 @@ func (s *Session) refuseTooLarge(typ byte, tooLarge *MessageTooLargeError) error
 	case 'P', 'B':
 		return s.raiseExtended(tooLarge)
 	case 'd':
-		if s.copyIn != nil {
-			s.copyIn.failed = tooLarge
-			return nil
-		}
-		return &fatalError{tooLarge}
+		s.copyIn.failed = tooLarge
+		return nil
 	default:
 		return &fatalError{tooLarge}
 	}
@@ -740,7 +910,7 @@ func (s *Session) onParse() error {
 		return err
 	}
 	snap := s.snapshot()
-	if r := s.lastParse; r != nil && !s.needCatalog && r.snap == snap && bytes.Equal(r.body, body) {
+	if r := s.lastParse; r != nil && !s.needCatalog && r.snap == snap && !s.scsUnsafe() && bytes.Equal(r.body, body) {
 		// The same Parse as last time (clients that re-send the unnamed
 		// statement for every execution), on no configured table: forward
 		// it without decoding or planning again.
@@ -763,9 +933,10 @@ func (s *Session) onParse() error {
 		s.stmts.del(p.Name)
 		return s.raiseExtended(plan.Refusal)
 	case rewrite.KindPassthrough:
-		st := &statement{name: p.Name, plan: plan, clientParams: -1}
+		st := &statement{name: p.Name, plan: plan, clientParams: -1, scs: scsEffect(p.Query)}
+		st.src = s.sourceOf(snap, plan, p.Query, p.ParameterOIDs)
 		s.stmts.set(p.Name, st)
-		if len(plan.Tables) == 0 && !plan.DDL && len(body) <= 4096 {
+		if len(plan.Tables) == 0 && !plan.DDL && !plan.Unqualified && !plan.SearchPathChange && len(body) <= 4096 {
 			s.lastParse = &parseMemo{body: append(s.lastParseBuf[:0], body...), snap: snap, stmt: st}
 			s.lastParseBuf = s.lastParse.body
 		} else {
@@ -773,16 +944,33 @@ func (s *Session) onParse() error {
 		}
 		return s.sendAsIs(expect{kind: expParse, stmt: st}, 'P', body)
 	}
-	if len(plan.Hidden) > 0 && len(p.ParameterOIDs) > plan.NumClientParams {
-		s.stmts.del(p.Name)
-		return s.raiseExtended(&pgError{code: codeFeatureNotSupported,
-			msg:  "pgveil: a statement on an encrypted table declares more parameter types than it uses",
-			hint: "declare only the parameters the statement uses"})
-	}
-	out, err := plan.Render(nil, p.Query, lits, s.transformer(snap))
+	st, frame, err := s.upstreamParse(s.encBuf[:0], snap, p.Name, p.Query, p.ParameterOIDs, plan, lits)
 	if err != nil {
 		s.stmts.del(p.Name)
 		return s.raiseExtended(err)
+	}
+	st.src = s.sourceOf(snap, plan, p.Query, p.ParameterOIDs)
+	s.stmts.set(p.Name, st)
+	s.encBuf = frame
+	return s.send(expect{kind: expParse, stmt: st}, frame)
+}
+
+// upstreamParse makes the statement a rewritten plan becomes and the Parse
+// that prepares it upstream (appended to dst).
+func (s *Session) upstreamParse(dst []byte, snap *Snapshot, name, query string, clientOIDs []uint32, plan *rewrite.Plan, lits []rewrite.Literal) (*statement, []byte, error) {
+	p := pgproto3.Parse{Name: name, Query: query, ParameterOIDs: clientOIDs}
+	if len(plan.Hidden) > 0 && len(p.ParameterOIDs) > plan.NumClientParams {
+		return nil, nil, &pgError{code: codeFeatureNotSupported,
+			msg:  "pgveil: a statement on an encrypted table declares more parameter types than it uses",
+			hint: "declare only the parameters the statement uses"}
+	}
+	bpchar, err := checkParamTypes(plan, p.ParameterOIDs)
+	if err != nil {
+		return nil, nil, err
+	}
+	out, err := plan.Render(nil, p.Query, lits, s.transformer(snap))
+	if err != nil {
+		return nil, nil, err
 	}
 	nClient := plan.NumClientParams
 	if len(p.ParameterOIDs) > nClient {
@@ -809,19 +997,105 @@ func (s *Session) onParse() error {
 	for _, h := range plan.Hidden {
 		oids = append(oids, oidForOp(h.Action.Op))
 	}
-	st := &statement{name: p.Name, plan: plan, clientParams: nClient, hidden: len(plan.Hidden), declared: declared}
-	s.stmts.set(p.Name, st)
+	st := &statement{name: p.Name, plan: plan, clientParams: nClient, hidden: len(plan.Hidden),
+		declared: declared, bpchar: bpchar, scs: scsEffect(p.Query)}
 	np := pgproto3.Parse{Name: p.Name, Query: string(out), ParameterOIDs: oids}
-	frame, _ := np.Encode(s.encBuf[:0])
-	s.encBuf = frame
-	return s.send(expect{kind: expParse, stmt: st}, frame)
+	frame, err := np.Encode(dst)
+	if err != nil {
+		// Refused rather than dropped: PostgreSQL would never answer it.
+		return nil, nil, parseEncodeError(len(oids))
+	}
+	return st, frame, nil
 }
 
-// PostgreSQL type OIDs pgveil declares for the values it computes.
+// stmtSource is what a prepared statement was planned from, kept when a
+// reload or a change of search_path may change its plan (freshStatement).
+type stmtSource struct {
+	query string
+	oids  []uint32 // the client's declared parameter types
+	snap  *Snapshot
+	sp    *rewrite.SearchPath
+}
+
+// sourceOf returns what freshStatement needs of a statement planned as
+// plan, or nil when no configuration or search path can change its plan.
+func (s *Session) sourceOf(snap *Snapshot, plan *rewrite.Plan, query string, oids []uint32) *stmtSource {
+	if plan.Kind != rewrite.KindRewrite && len(plan.Tables) == 0 && !plan.Unqualified {
+		return nil
+	}
+	return &stmtSource{query: query, oids: append([]uint32(nil), oids...), snap: snap, sp: s.planScratch.SearchPath}
+}
+
+// freshStatement returns st as the configuration and search path in force
+// now plan it. A statement prepared before a reload (another hash key,
+// another mode) or before search_path changed would otherwise go on with
+// its old plan: lookups missing the rows of a rotated hash key, or values
+// sent as they are to a table the name now finds encrypted. When the plan
+// differs, pgveil closes the statement upstream and prepares it again under
+// the same name; the client sees neither reply.
+func (s *Session) freshStatement(st *statement) (*statement, error) {
+	src := st.src
+	if src == nil {
+		return st, nil
+	}
+	sp := s.cat.Load().searchPath
+	if src.snap == s.snap && src.sp.Equal(sp) {
+		return st, nil
+	}
+	plan, lits, err := s.plan(s.snap, src.query)
+	if err != nil {
+		return nil, err
+	}
+	if plan.Kind == rewrite.KindRefuse {
+		return nil, plan.Refusal
+	}
+	fresh := &stmtSource{query: src.query, oids: src.oids, snap: s.snap, sp: sp}
+	if samePlan(st.plan, plan) {
+		st.src = fresh
+		return st, nil
+	}
+	var ns *statement
+	var frame []byte
+	if plan.Kind == rewrite.KindPassthrough {
+		ns = &statement{name: st.name, plan: plan, clientParams: -1, scs: st.scs}
+		frame, err = (&pgproto3.Parse{Name: st.name, Query: src.query, ParameterOIDs: src.oids}).Encode(nil)
+	} else {
+		ns, frame, err = s.upstreamParse(nil, s.snap, st.name, src.query, src.oids, plan, lits)
+	}
+	if err != nil {
+		return nil, err
+	}
+	ns.src = fresh
+	closeFrame, _ := (&pgproto3.Close{ObjectType: 'S', Name: st.name}).Encode(nil)
+	if err := s.send(expect{kind: expClose, drop: true}, closeFrame); err != nil {
+		return nil, err
+	}
+	if err := s.send(expect{kind: expParse, stmt: ns, drop: true}, frame); err != nil {
+		return nil, err
+	}
+	s.stmts.set(st.name, ns)
+	if s.lastParse != nil && s.lastParse.stmt == st {
+		s.lastParse = nil
+	}
+	return ns, nil
+}
+
+// samePlan reports whether b sends PostgreSQL what a does, so a statement
+// prepared with a needs no new Parse.
+func samePlan(a, b *rewrite.Plan) bool {
+	return a.Kind == b.Kind && a.SQL == b.SQL && a.NumClientParams == b.NumClientParams &&
+		slices.Equal(a.Slots, b.Slots) && slices.Equal(a.ClientParams, b.ClientParams) &&
+		slices.Equal(a.Hidden, b.Hidden) && slices.Equal(a.Results, b.Results) &&
+		slices.Equal(a.Tables, b.Tables) && a.Copy == nil && b.Copy == nil
+}
+
+// PostgreSQL type OIDs pgveil declares for the values it computes, and
+// those it accepts from the client for values it encrypts or hashes.
 const (
 	oidText         = 25
 	oidUnknown      = 705
 	oidVarchar      = 1043
+	oidBpchar       = 1042
 	oidTextArray    = 1009
 	oidVarcharArray = 1015
 )
@@ -864,6 +1138,14 @@ func (s *Session) onBind() error {
 		s.portals.clear()
 	}
 	st := s.stmts.getBytes(stmtName)
+	if st != nil && st.src != nil {
+		fresh, err := s.freshStatement(st)
+		if err != nil {
+			s.portals.del(portalName)
+			return s.raiseExtended(err)
+		}
+		st = fresh
+	}
 	var pt *portal
 	if old := s.portals.unnamed; portalName == "" && old != nil && s.evented && s.q.answered(old.owedThrough) {
 		// Every reply owed for the old unnamed portal has arrived, so no
@@ -940,7 +1222,10 @@ func (s *Session) onExecute() error {
 		// keep the answer to itself.
 		pt.described = true
 		d := pgproto3.Describe{ObjectType: 'P', Name: name}
-		buf, _ := d.Encode(nil)
+		buf, err := d.Encode(nil)
+		if err != nil {
+			return err
+		}
 		if err := s.send(expect{kind: expDescribePortal, portal: pt, drop: true}, buf); err != nil {
 			return err
 		}
@@ -948,7 +1233,11 @@ func (s *Session) onExecute() error {
 	if pt != nil && pt.stmt != nil && pt.stmt.plan != nil && pt.stmt.plan.Copy != nil && pt.stmt.plan.Copy.In {
 		s.copyIn = newCopyInState(pt.stmt.plan.Copy, s.snap, s)
 	}
-	return s.sendAsIs(expect{kind: expExecute, portal: pt}, 'E', body)
+	err = s.sendAsIs(expect{kind: expExecute, portal: pt}, 'E', body)
+	if err == nil && pt != nil && pt.stmt != nil && pt.stmt.scs != 0 && s.scsChanges(pt.stmt.scs) {
+		s.markSCSChange()
+	}
+	return err
 }
 
 func (s *Session) onClose() error {
@@ -969,11 +1258,18 @@ func (s *Session) onClose() error {
 
 // injectCatalogQuery reloads the catalog between statements (after DDL or a
 // reload). Its replies never reach the client.
-func (s *Session) injectCatalogQuery() {
+func (s *Session) injectCatalogQuery() { s.injectCatalogReload(false) }
+
+// injectCatalogReload sends the catalog query; with replacesZ its
+// ReadyForQuery is forwarded in place of the previous statement's.
+func (s *Session) injectCatalogReload(replacesZ bool) {
 	s.needCatalog = false
 	q := pgproto3.Query{String: s.snap.catalogSQL}
 	buf, _ := q.Encode(nil)
-	_ = s.send(expect{kind: expQuery, drop: true, catalog: true, snap: s.snap}, buf)
+	if replacesZ {
+		s.replacing.Add(1)
+	}
+	_ = s.send(expect{kind: expQuery, drop: true, catalog: true, snap: s.snap, replacesZ: replacesZ, pathGen: s.pathGen.Load()}, buf)
 }
 
 // ---------------------------------------------------------------------------
@@ -1029,7 +1325,9 @@ func (s *Session) serverLoop() {
 		if busySince == 0 {
 			busySince = monoNow()
 		}
-		if err != nil {
+		// A frame over the limit goes to its handler too: forwarded or
+		// skipped without being held (serverTooLarge).
+		if err != nil && !isTooLarge(err) {
 			if !isClosedErr(err) && !s.closing.Load() && !s.reuse.Load() {
 				s.srv.Metrics.UpstreamError(UpstreamIO)
 			}
@@ -1037,6 +1335,13 @@ func (s *Session) serverLoop() {
 		}
 		s.cwMu.Lock()
 		err = s.onServerMessage(st, typ)
+		if err != nil {
+			var fatal *fatalError
+			if errors.As(s.serverTooLarge(err), &fatal) {
+				s.writeError(fatal.err, true)
+				_ = s.cw.Flush()
+			}
+		}
 		s.cwMu.Unlock()
 		if err != nil {
 			return
@@ -1141,24 +1446,64 @@ func (s *Session) onServerMessage(st *serverState, typ byte) error {
 		s.flushDecryptMetrics(st)
 		return s.forwardUnless(e.drop || st.discarding)
 	case 'Z': // ReadyForQuery
-		e, _ := s.q.pop()
+		e, n, _ := s.q.popNumbered()
 		body, err := s.ur.body()
 		if err != nil {
 			return err
 		}
+		failed := (st.discarding || s.failTx.Load()) && !e.drop && !e.catalog && len(body) > 0 && body[0] == 'T'
+		if failed {
+			// pgveil failed the statement, PostgreSQL did not: the client
+			// hears its transaction block failed, as after any error, and
+			// PostgreSQL's is failed before the client's next statement
+			// (until then every ReadyForQuery says so).
+			s.failTx.Store(true)
+			body = txFailed
+		}
 		if len(body) > 0 {
 			s.txStatus.Store(uint32(body[0]))
+			s.noteReadyForQuery(n, body[0])
 		}
 		st.qrows, st.execRows, st.execActive, st.copyOut = nil, nil, false, nil
+		s.copyAnswered()
 		if e.catalog {
 			if !st.catFailed {
 				s.cat.Store(buildCatalog(e.snap.Config.Tables, st.catRows, e.snap.Generation))
+				if s.pathSeen.Load() < e.pathGen {
+					s.pathSeen.Store(e.pathGen)
+				}
+				if len(body) > 0 && body[0] == 'I' && e.pathGen == s.pathGen.Load() {
+					s.pathInTx.Store(false)
+				}
 			}
 			st.catRows, st.catFailed = nil, false
+			if !e.replacesZ {
+				return nil
+			}
+			s.replacing.Add(-1)
+			if s.failTx.Load() && len(body) > 0 && body[0] == 'T' {
+				s.writeClientFrame('Z', txFailed)
+			} else {
+				s.forwardServerFrame('Z', body)
+			}
 			return nil
 		}
 		st.discarding = false
-		s.forwardServerFrame('Z', body)
+		if e.drop {
+			return nil // failTransaction's statement
+		}
+		if s.replacing.Load() > 0 {
+			if next, ok := s.q.peek(); ok && next.catalog && next.replacesZ {
+				// the reload that follows answers for this statement
+				s.observeStatement(e)
+				return nil
+			}
+		}
+		if failed {
+			s.writeClientFrame('Z', body)
+		} else {
+			s.forwardServerFrame('Z', body)
+		}
 		s.observeStatement(e)
 		return nil
 	case 'E': // ErrorResponse
@@ -1170,8 +1515,12 @@ func (s *Session) onServerMessage(st *serverState, typ byte) error {
 		st.copyOut = nil
 		if e.kind == expQuery {
 			st.qrows = nil
+			s.q.leaveCopyIn()
 			if e.raised && !st.discarding {
 				return s.forwardRaised()
+			}
+			if !e.drop && !st.discarding && s.copyFail.Load() != nil {
+				return s.forwardCopyError()
 			}
 			return s.forwardUnless(e.drop || st.discarding)
 		}
@@ -1180,7 +1529,23 @@ func (s *Session) onServerMessage(st *serverState, typ byte) error {
 		if e.raised && !st.discarding {
 			return s.forwardRaised()
 		}
+		if clientOwned && !st.discarding && s.copyFail.Load() != nil {
+			return s.forwardCopyError()
+		}
 		return s.forwardUnless(!clientOwned || st.discarding)
+	case 'S': // ParameterStatus: always reaches the client
+		body, err := s.ur.body()
+		var tooLarge *MessageTooLargeError
+		if errors.As(err, &tooLarge) {
+			// Not standard_conforming_strings, whose value is on or off.
+			return s.ur.forward(s.cw)
+		}
+		if err != nil {
+			return err
+		}
+		s.noteParameterStatus(body)
+		s.forwardServerFrame('S', body)
+		return nil
 	case 'H': // CopyOutResponse
 		e, _ := s.q.peek()
 		var plan *rewrite.Plan
@@ -1193,14 +1558,17 @@ func (s *Session) onServerMessage(st *serverState, typ byte) error {
 			st.copyOut = newCopyOutState(plan.Copy, s)
 		}
 		return s.forwardUnless(st.discarding)
+	case 'G': // CopyInResponse
+		s.q.copyInStarted()
+		return s.onCopyInResponse()
 	case 'd': // CopyData
 		if st.copyOut != nil && !st.discarding {
 			return st.copyOut.onData(s)
 		}
 		return s.forwardUnless(st.discarding)
 	default:
-		// NoticeResponse, NotificationResponse, ParameterStatus arrive at any
-		// time and always reach the client, as do CopyInResponse, CopyDone,
+		// NoticeResponse and NotificationResponse arrive at any time and
+		// always reach the client, as do CopyInResponse, CopyDone,
 		// FunctionCallResponse.
 		return s.ur.forward(s.cw)
 	}

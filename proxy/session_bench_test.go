@@ -25,7 +25,7 @@ const (
 
 // benchSession is a session past startup whose catalog knows users (email
 // with its blind index, full_name, phone encrypted).
-func benchSession(b *testing.B) (*Session, *keyring.Keyring) {
+func benchSession(b testing.TB) (*Session, *keyring.Keyring) {
 	b.Helper()
 	snap, kr := testSnapshotColumns(b, "127.0.0.1:1",
 		"      - {column: email, blind_index: email_hash}\n      - {column: full_name}\n      - {column: phone}\n")
@@ -46,7 +46,7 @@ func benchSession(b *testing.B) (*Session, *keyring.Keyring) {
 	return s, kr
 }
 
-func encodeAll(b *testing.B, msgs ...interface{ Encode([]byte) ([]byte, error) }) []byte {
+func encodeAll(b testing.TB, msgs ...interface{ Encode([]byte) ([]byte, error) }) []byte {
 	b.Helper()
 	var out []byte
 	for _, m := range msgs {

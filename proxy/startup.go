@@ -349,6 +349,7 @@ func (s *Session) relayAuth(ctx context.Context, deadline time.Time, startup []b
 				return s.upstreamLost(err)
 			}
 			s.startupParams = appendFrame(s.startupParams, 'S', body)
+			s.noteParameterStatus(body)
 			s.writeClientFrame('S', body)
 		default: // NoticeResponse, NegotiateProtocolVersion
 			if err := s.ur.forward(s.cw); err != nil {
@@ -484,6 +485,10 @@ func (s *Session) loadCatalog() error {
 			rows = append(rows, copyDataRow(body))
 		case 'E':
 			failed = true
+		case 'S':
+			// On a kept backend, the first statement after a reload of
+			// the server's configuration.
+			s.noteParameterStatus(body)
 		case 'Z':
 			if !failed {
 				s.cat.Store(buildCatalog(s.snap.Config.Tables, rows, s.snap.Generation))

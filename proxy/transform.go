@@ -321,6 +321,12 @@ func (s *Session) apply(snap *Snapshot, a rewrite.Action, v, dst []byte, binaryF
 		} else {
 			elems, err = parseTextArray(v)
 		}
+		var elemType *arrayElemTypeError
+		if errors.As(err, &elemType) {
+			return nil, &pgError{code: codeFeatureNotSupported,
+				msg:  fmt.Sprintf("pgveil: array parameter for encrypted column %s has elements of type %s; pgveil hashes only text values", a.Column, typeName(elemType.oid)),
+				hint: "send the array as text[] or varchar[]"}
+		}
 		if err != nil {
 			return nil, &pgError{code: "22P02", msg: "pgveil: malformed array parameter for encrypted column " + a.Column}
 		}
@@ -392,7 +398,7 @@ func (s *Session) transformBind(dst []byte, st *statement, b *bindMsg) ([]byte, 
 		}
 		start := len(arena)
 		var err error
-		arena, err = s.apply(snap, a, params[i], arena, formats[i] == 1)
+		arena, err = s.apply(snap, a, st.paramValue(i, params[i]), arena, formats[i] == 1)
 		if err != nil {
 			return dst, err
 		}
@@ -410,7 +416,7 @@ func (s *Session) transformBind(dst []byte, st *statement, b *bindMsg) ([]byte, 
 		if src != nil {
 			start := len(arena)
 			var err error
-			arena, err = s.apply(snap, h.Action, src, arena, formats[h.From] == 1)
+			arena, err = s.apply(snap, h.Action, st.paramValue(h.From, src), arena, formats[h.From] == 1)
 			if err != nil {
 				return dst, err
 			}
@@ -432,6 +438,131 @@ func (s *Session) transformBind(dst []byte, st *statement, b *bindMsg) ([]byte, 
 		sc.arena = nil
 	}
 	return dst, nil
+}
+
+// paramValue is the text PostgreSQL makes of client parameter i's value v
+// when it casts it to text: v itself, without trailing spaces for bpchar.
+// checkParamTypes allowed no other type.
+func (st *statement) paramValue(i int, v []byte) []byte {
+	if i < len(st.bpchar) && st.bpchar[i] {
+		for len(v) > 0 && v[len(v)-1] == ' ' {
+			v = v[:len(v)-1]
+		}
+	}
+	return v
+}
+
+// checkParamTypes checks the types a Parse declares for the parameters
+// pgveil encrypts or hashes (in place, or as the source of a hidden
+// parameter). It accepts only those whose text and binary forms are both
+// the text PostgreSQL would store: text, varchar, unknown, unspecified (0:
+// PostgreSQL infers text from where pgveil puts the parameter) and bpchar
+// (less trailing spaces, see paramValue); text[] and varchar[] for arrays.
+// Any other type would be encrypted as sent, not as PostgreSQL reads it: an
+// int4 in binary is 4 raw bytes, '0042' in text PostgreSQL stores as 42.
+// name is refused too (PostgreSQL cuts it to 63 bytes). It returns which
+// parameters are bpchar (nil for none).
+func checkParamTypes(plan *rewrite.Plan, oids []uint32) ([]bool, error) {
+	var bpchar []bool
+	check := func(i int, a rewrite.Action) error {
+		if i < 0 || i >= len(oids) {
+			return nil // unspecified
+		}
+		oid := oids[i]
+		if !valueTypeOK(a.Op, oid) {
+			hint := "send the value as text: declare the parameter text or varchar, or leave its type unspecified"
+			if a.Op == rewrite.OpHashArray {
+				hint = "send the values as text: declare the parameter text[] or varchar[], or leave its type unspecified"
+			}
+			return &pgError{code: codeFeatureNotSupported,
+				msg: fmt.Sprintf("pgveil: parameter %d for encrypted column %s is declared %s; pgveil encrypts and hashes only text values",
+					i+1, a.Column, typeName(oid)),
+				hint: hint}
+		}
+		if oid == oidBpchar {
+			if bpchar == nil {
+				bpchar = make([]bool, len(oids))
+			}
+			bpchar[i] = true
+		}
+		return nil
+	}
+	for i, a := range plan.ClientParams {
+		if a.Op == rewrite.OpNone {
+			continue
+		}
+		if err := check(i, a); err != nil {
+			return nil, err
+		}
+	}
+	for _, h := range plan.Hidden {
+		if err := check(h.From, h.Action); err != nil {
+			return nil, err
+		}
+	}
+	return bpchar, nil
+}
+
+// valueTypeOK reports whether a parameter declared oid may carry a value
+// op encrypts or hashes (see checkParamTypes).
+func valueTypeOK(op rewrite.Op, oid uint32) bool {
+	switch op {
+	case rewrite.OpHashArray:
+		return oid == 0 || oid == oidTextArray || oid == oidVarcharArray
+	default:
+		return oid == 0 || oid == oidText || oid == oidVarchar || oid == oidBpchar || oid == oidUnknown
+	}
+}
+
+// typeName names a type OID in messages: the usual built-in types by name.
+func typeName(oid uint32) string {
+	switch oid {
+	case 16:
+		return "bool"
+	case 17:
+		return "bytea"
+	case 18:
+		return "char"
+	case 19:
+		return "name"
+	case 20:
+		return "int8"
+	case 21:
+		return "int2"
+	case 23:
+		return "int4"
+	case 26:
+		return "oid"
+	case 114:
+		return "json"
+	case 700:
+		return "float4"
+	case 701:
+		return "float8"
+	case 1082:
+		return "date"
+	case 1083:
+		return "time"
+	case 1114:
+		return "timestamp"
+	case 1184:
+		return "timestamptz"
+	case 1186:
+		return "interval"
+	case 1700:
+		return "numeric"
+	case 2950:
+		return "uuid"
+	case 3802:
+		return "jsonb"
+	case oidBpchar:
+		return "bpchar"
+	case oidText:
+		return "text"
+	case oidVarchar:
+		return "varchar"
+	}
+	return fmt.Sprintf("type OID %d", oid)
 }
 
 // bindMsg is a Bind decoded in place: names, values and the result format
@@ -630,8 +761,16 @@ func parseTextArray(v []byte) ([][]byte, error) {
 	}
 }
 
+// arrayElemTypeError is a binary array whose elements are not text.
+type arrayElemTypeError struct{ oid uint32 }
+
+func (e *arrayElemTypeError) Error() string {
+	return fmt.Sprintf("array elements of type OID %d", e.oid)
+}
+
 // parseBinaryArray parses a one-dimensional binary-format array of a text
-// type (elements are their text bytes).
+// type (elements are their text bytes). Elements of any other type are an
+// *arrayElemTypeError: their binary form is not their text.
 func parseBinaryArray(v []byte) ([][]byte, error) {
 	if len(v) < 12 {
 		return nil, errors.New("short array")
@@ -640,6 +779,9 @@ func parseBinaryArray(v []byte) ([][]byte, error) {
 	p := v[12:]
 	if ndim == 0 {
 		return nil, nil
+	}
+	if elem := binary.BigEndian.Uint32(v[8:]); elem != oidText && elem != oidVarchar {
+		return nil, &arrayElemTypeError{oid: elem}
 	}
 	if ndim != 1 || len(p) < 8 {
 		return nil, errors.New("only one-dimensional arrays are supported")

@@ -56,10 +56,13 @@ import (
 
 // idleUpstream is one kept connection.
 type idleUpstream struct {
-	key     string
-	conn    net.Conn
-	cancel  cancelKey // the connection's own BackendKeyData
-	params  []byte    // its login's ParameterStatus frames
+	key    string
+	conn   net.Conn
+	cancel cancelKey // the connection's own BackendKeyData
+	params []byte    // its login's ParameterStatus frames
+	// scsOff: standard_conforming_strings is off on it after the reset
+	// (literals.go); its login's frames may say otherwise.
+	scsOff  bool
 	expires time.Time
 }
 
@@ -271,43 +274,48 @@ var errNotReset = errors.New("pgveil: upstream connection not reset")
 // resetUpstream runs DISCARD ALL on c and reads its reply: optional notices,
 // parameter statuses and notifications, CommandComplete "DISCARD ALL",
 // ReadyForQuery 'I', and nothing after. Anything else is an error and the
-// connection must be closed.
-func resetUpstream(c net.Conn) error {
+// connection must be closed. scsOff says whether standard_conforming_strings
+// was off before the reset; it returns whether it is off after.
+func resetUpstream(c net.Conn, scsOff bool) (bool, error) {
 	_ = c.SetDeadline(time.Now().Add(resetTimeout))
 	w := bufio.NewWriterSize(c, 64)
 	q := pgproto3.Query{String: "DISCARD ALL"}
 	buf, _ := q.Encode(nil)
 	if _, err := w.Write(buf); err != nil {
-		return err
+		return scsOff, err
 	}
 	if err := w.Flush(); err != nil {
-		return err
+		return scsOff, err
 	}
 	fr := newFrameReaderSize(c, 1<<20, 4096)
 	complete := false
 	for {
 		typ, _, err := fr.next()
 		if err != nil {
-			return err
+			return scsOff, err
 		}
 		body, err := fr.body()
 		if err != nil {
-			return err
+			return scsOff, err
 		}
 		switch typ {
-		case 'N', 'S', 'A':
+		case 'N', 'A':
+		case 'S':
+			if off, ok := scsReport(body); ok {
+				scsOff = off
+			}
 		case 'C':
 			if string(body) != "DISCARD ALL\x00" {
-				return errNotReset
+				return scsOff, errNotReset
 			}
 			complete = true
 		case 'Z':
 			if !complete || len(body) != 1 || body[0] != 'I' || fr.r.Buffered() > 0 {
-				return errNotReset
+				return scsOff, errNotReset
 			}
-			return c.SetDeadline(time.Time{})
+			return scsOff, c.SetDeadline(time.Time{})
 		default:
-			return errNotReset
+			return scsOff, errNotReset
 		}
 	}
 }
@@ -325,7 +333,8 @@ func (s *Session) keepUpstream(conn net.Conn, leftover bool) {
 		s.notKept()
 		return
 	}
-	if err := resetUpstream(conn); err != nil {
+	scsOff, err := resetUpstream(conn, s.scs.off.Load())
+	if err != nil {
 		s.log.Debug("upstream connection not kept: reset failed", "error", err.Error())
 		conn.Close()
 		s.notKept()
@@ -334,7 +343,7 @@ func (s *Session) keepUpstream(conn net.Conn, leftover bool) {
 	s.connMu.Lock()
 	k := s.upstreamCancel
 	s.connMu.Unlock()
-	u := &idleUpstream{key: s.poolKey, conn: conn, cancel: k, params: s.startupParams}
+	u := &idleUpstream{key: s.poolKey, conn: conn, cancel: k, params: s.startupParams, scsOff: scsOff}
 	if !srv.idle.put(u, limit, snap.Config.Proxy.UpstreamIdleTimeout.D(), srv.Metrics) {
 		terminate(conn)
 		s.notKept()
@@ -432,6 +441,9 @@ func (s *Session) moveToKept(u *idleUpstream, deadline time.Time) (login net.Con
 	s.upstream = u.conn
 	s.upstreamCancel = u.cancel
 	s.connMu.Unlock()
+	// What PostgreSQL told the client at login need not hold for the kept
+	// connection (a role's settings changed since it logged in).
+	s.scs.off.Store(u.scsOff)
 	_ = u.conn.SetDeadline(deadline)
 	s.ur = newFrameReaderSize(u.conn, s.snap.Config.Proxy.MaxMessageSize, startupReadBufferSize)
 	s.uw = bufio.NewWriterSize(u.conn, eventWriteBufferSize)

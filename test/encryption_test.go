@@ -241,3 +241,121 @@ func TestEncryptLimits(t *testing.T) {
 	}
 	_ = hex.EncodeToString
 }
+
+// TestEncryptNonStringConstants: a number or bit string written inline into
+// an encrypted column is stored as what PostgreSQL would store in a text
+// column (00042 is 42, 4.2e1 is 42, X'1F' is 00011111), so that a later
+// lookup by that text finds it; constants pgveil cannot reproduce exactly
+// are refused and nothing is stored.
+func TestEncryptNonStringConstants(t *testing.T) {
+	p := startProxy(t, proxyOpts{})
+	ctx := context.Background()
+	d := p.Direct(t)
+	kr := p.Keyring(t)
+	// What PostgreSQL stores for the constant in a text column.
+	pgStores := func(t *testing.T, lit string) string {
+		t.Helper()
+		var v string
+		if err := d.QueryRow(ctx, "INSERT INTO plain_notes (body) VALUES ("+lit+") RETURNING body").Scan(&v); err != nil {
+			t.Fatalf("direct insert of %s: %v", lit, err)
+		}
+		mustExec(t, d, "DELETE FROM plain_notes")
+		return v
+	}
+	countUsers := func(t *testing.T) int {
+		t.Helper()
+		var n int
+		if err := d.QueryRow(ctx, "SELECT count(*) FROM users").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+		t.Run(mode.String(), func(t *testing.T) {
+			c := connMode(t, p.DSN(pgtest.TrustUser), mode)
+			for _, tt := range []struct {
+				lit       string
+				mayRefuse bool // the analyzer may refuse bit strings as expressions
+			}{
+				{lit: "00042"},
+				{lit: "42"},
+				{lit: "4.2e1"},
+				{lit: "1.50"},
+				{lit: "1.20e1"},
+				{lit: "1.5e-3"},
+				{lit: ".5"},
+				{lit: "5."},
+				{lit: "0.00e1"},
+				{lit: "9223372036854775808"},
+				{lit: "000123456789012345678901234567890"},
+				{lit: "1e400"},
+				{lit: "N'42  '"},
+				{lit: "X'1F'", mayRefuse: true},
+				{lit: "B'101'", mayRefuse: true},
+			} {
+				want := pgStores(t, tt.lit)
+				before := countUsers(t)
+				var id int64
+				err := c.QueryRow(ctx, "INSERT INTO users (email, full_name) VALUES ("+tt.lit+", 'n') RETURNING id").Scan(&id)
+				if err != nil {
+					if tt.mayRefuse && sqlState(err) == "0A000" && countUsers(t) == before {
+						continue
+					}
+					t.Fatalf("insert %s: %v", tt.lit, err)
+				}
+				// Stored: a token of PostgreSQL's text, and its blind index.
+				checkStoredUser(t, p, id, want, "n")
+				sh := storedValue(t, d, "users", "email_hash", id)
+				if sh == nil || *sh != string(kr.BlindIndex(nil, "public.users.email", []byte(want))) {
+					t.Fatalf("%s: blind index is not that of %q", tt.lit, want)
+				}
+				// Found by the text PostgreSQL would have stored, quoted or as a parameter.
+				var got int64
+				if err := c.QueryRow(ctx, "SELECT id FROM users WHERE email = "+quoteSQL(want)).Scan(&got); err != nil || got != id {
+					t.Fatalf("%s: lookup by %q: %v (id %d, want %d)", tt.lit, want, err, got, id)
+				}
+				if err := c.QueryRow(ctx, "SELECT id FROM users WHERE email = $1", want).Scan(&got); err != nil || got != id {
+					t.Fatalf("%s: lookup by $1 = %q: %v (id %d, want %d)", tt.lit, want, err, got, id)
+				}
+				var back string
+				if err := c.QueryRow(ctx, "SELECT email FROM users WHERE id = $1", id).Scan(&back); err != nil || back != want {
+					t.Fatalf("%s: read back %q (%v), want %q", tt.lit, back, err, want)
+				}
+				mustExec(t, c, "DELETE FROM users WHERE id = $1", id)
+			}
+			// The requested example: 00042 inserted, then found as '42'.
+			mustExec(t, c, "INSERT INTO users (email, full_name) VALUES (00042, 'n')")
+			var n int
+			if err := c.QueryRow(ctx, "SELECT count(*) FROM users WHERE email = '42'").Scan(&n); err != nil || n != 1 {
+				t.Fatalf("INSERT 00042 then WHERE email = '42': %v, %d rows", err, n)
+			}
+			mustExec(t, c, "DELETE FROM users")
+			// Refused, nothing stored, the connection stays usable.
+			for _, tt := range []struct {
+				lit   string
+				codes string // acceptable SQLSTATEs
+			}{
+				{"0x1F", "0A000"},               // PostgreSQL 16 syntax; 15 says 42601
+				{"1_000", "0A000"},              // likewise
+				{"-5", "0A000"},                 // an expression: unary minus
+				{"+5", "0A000"},                 // an expression: unary plus
+				{"1e1000000000", "22003 0A000"}, // PostgreSQL: value overflows numeric format
+				{"X'1G'", "22P02 0A000"},        // PostgreSQL: not a valid hexadecimal digit
+			} {
+				_, err := c.Exec(ctx, "INSERT INTO users (email, full_name) VALUES ("+tt.lit+", 'n')")
+				if code := sqlState(err); code == "" || !strings.Contains(tt.codes, code) || !strings.HasPrefix(pgMessage(err), "pgveil: ") {
+					t.Errorf("%s: want SQLSTATE %s from pgveil, got %v", tt.lit, tt.codes, err)
+				}
+				if n := countUsers(t); n != 0 {
+					t.Fatalf("%s: %d rows stored after a refusal", tt.lit, n)
+				}
+			}
+			if err := c.QueryRow(ctx, "SELECT count(*) FROM users").Scan(&n); err != nil || n != 0 {
+				t.Fatalf("after refusals: %v %d", err, n)
+			}
+		})
+	}
+}
+
+// quoteSQL quotes s as a standard SQL string constant.
+func quoteSQL(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

@@ -103,10 +103,10 @@ func (f *adminFlags) dataFlags(verify bool) {
 	}
 	f.fs.BoolVar(&f.dryRun, "dry-run", false, "count what would change and show sample primary keys; change nothing")
 	f.fs.Float64Var(&f.maxRate, "max-rate", 0, "at most this many rows per second over all workers (0: no limit)")
-	f.fs.Float64Var(&f.maxFailures, "max-failures", backfill.DefaultMaxFailures, "stop when more than this fraction of rows fail (undecryptable, over max_size, invalid input)")
+	f.fs.Float64Var(&f.maxFailures, "max-failures", backfill.DefaultMaxFailures, "stop when more than this fraction of rows fail (undecryptable, over max_size, invalid input, duplicate)")
 	f.fs.BoolVar(&f.verbose, "verbose", false, "a line per batch with what it did")
 	f.fs.BoolVar(&f.noBar, "no-progress-bar", false, "print progress lines even on a terminal")
-	f.fs.BoolVar(&f.resume, "resume", true, "continue an interrupted run from its saved progress (--resume=false starts over)")
+	f.fs.BoolVar(&f.resume, "resume", true, "continue an interrupted run from its saved progress: skip the tables it finished, continue the one it was in (--resume=false starts over)")
 }
 
 // parse parses args; problems are usage errors (exit 2).
@@ -130,9 +130,9 @@ func (f *adminFlags) load(e *env) (*config.Config, *keyring.Keyring, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	keys, err := keyring.Load(cfg.Keys, e.lookupEnv, e.readFile)
+	keys, err := loadKeys(cfg.Keys, e)
 	if err != nil {
-		return nil, nil, err // names the variable or file and says to run pgveil keygen
+		return nil, nil, err
 	}
 	return cfg, keys, nil
 }
@@ -387,7 +387,7 @@ func runSchema(ctx context.Context, e *env, args []string) int {
 			return report(e, &fixError{msg: "pgveil: schema --apply needs a database", fix: "pass --dsn URL or set " + envDatabaseURL}, exitUsage)
 		}
 		fmt.Fprintln(e.stdout, "-- pgveil schema: DDL for the configured tables (generic: pass --dsn to print only what this database needs).")
-		fmt.Fprintln(e.stdout, "-- A UNIQUE constraint on a searchable column must move to its blind index; --dsn finds them.")
+		fmt.Fprintln(e.stdout, "-- A UNIQUE constraint on a searchable column gets a twin on its blind index and is dropped by a later run, once every row has its blind index; --dsn finds them.")
 		backfill.WriteStatements(e.stdout, backfill.GenericSchema(cfg.Tables))
 		return exitOK
 	}
@@ -396,27 +396,40 @@ func runSchema(ctx context.Context, e *env, args []string) int {
 		return report(e, err, exitUsage)
 	}
 	defer pool.Close()
-	stmts, probs, err := backfill.PlanSchema(ctx, pool, cfg.Tables)
+	plan, err := backfill.PlanSchema(ctx, pool, cfg.Tables)
 	if err != nil {
 		return report(e, err, exitProblem)
 	}
 	code := exitOK
-	for _, p := range probs {
+	for _, p := range plan.Problems {
 		fmt.Fprintln(e.stderr, p.String())
 		code = exitProblem
 	}
+	notes := func() {
+		for _, n := range plan.Notes {
+			fmt.Fprintf(e.stdout, "-- later: %s\n", n)
+		}
+	}
+	stmts := plan.Statements
 	if len(stmts) == 0 {
-		fmt.Fprintln(e.stdout, "-- pgveil schema: the database already has everything the config needs")
+		if len(plan.Notes) == 0 {
+			fmt.Fprintln(e.stdout, "-- pgveil schema: the database already has everything the config needs")
+		} else {
+			fmt.Fprintln(e.stdout, "-- pgveil schema: nothing to apply now")
+			notes()
+		}
 		return code
 	}
 	if !f.apply {
 		backfill.WriteStatements(e.stdout, stmts)
+		notes()
 		return code
 	}
 	if err := backfill.ApplySchema(ctx, pool, stmts, e.stdout); err != nil {
 		return report(e, &fixError{msg: err.Error(), fix: "fix the cause and rerun pgveil schema --apply: it applies only what is still missing"}, exitProblem)
 	}
 	fmt.Fprintf(e.stdout, "-- applied %d statement(s)\n", len(stmts))
+	notes()
 	return code
 }
 
@@ -456,12 +469,15 @@ func runCheck(ctx context.Context, e *env, args []string) int {
 		return report(e, err, exitUsage)
 	}
 	defer pool.Close()
-	probs, err := backfill.CheckSchema(ctx, pool, cfg.Tables)
+	probs, notes, err := backfill.CheckSchema(ctx, pool, cfg.Tables)
 	if err != nil {
 		return report(e, err, exitProblem)
 	}
 	for _, p := range probs {
 		fmt.Fprintln(e.stderr, p.String())
+	}
+	for _, n := range notes {
+		fmt.Fprintf(e.stdout, "note: %s\n", n)
 	}
 	if len(probs) > 0 {
 		fmt.Fprintf(e.stdout, "schema: %d problem(s)\n", len(probs))

@@ -95,3 +95,47 @@ func TestAdminSchemaGeneric(t *testing.T) {
 		}
 	}
 }
+
+// TestSameKeyRefused: the hash key must not be an encryption key. check,
+// the data commands and serve all refuse it (exit 2) with the fix.
+func TestSameKeyRefused(t *testing.T) {
+	k1, _ := keyring.GenerateKey()
+	k2, _ := keyring.GenerateKey()
+	for _, tc := range []struct {
+		name string
+		vars map[string]string
+		want string
+	}{
+		{"hash key = encryption key", map[string]string{"ENCRYPTION_KEY": k1, "ENCRYPTION_HASH_KEY": k1},
+			"keys.hash_key holds the same key as keys.encryption_key"},
+		{"hash key = fallback key", map[string]string{"ENCRYPTION_KEY": k1, "ENCRYPTION_KEY_FALLBACK": k2, "ENCRYPTION_HASH_KEY": k2},
+			"keys.hash_key holds the same key as keys.fallback_keys"},
+		{"fallback hash key = encryption key", map[string]string{"ENCRYPTION_KEY": k1, "ENCRYPTION_HASH_KEY": k2, "ENCRYPTION_HASH_KEY_FALLBACK": k1},
+			"keys.fallback_hash_keys holds the same key as keys.encryption_key"},
+		{"one file for both", map[string]string{"ENCRYPTION_KEY_FILE": "/run/secrets/k", "ENCRYPTION_HASH_KEY_FILE": "/run/secrets/k"},
+			"keys.hash_key: names the same source as keys.encryption_key (file:/run/secrets/k)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, cmd := range []string{"check", "backfill", "serve"} {
+				e, _, errb, cfg := adminTestEnv(t)
+				e.lookupEnv = func(k string) (string, bool) { v, ok := tc.vars[k]; return v, ok }
+				e.readFile = func(string) ([]byte, error) { return []byte(k1), nil }
+				code := run(context.Background(), e, []string{cmd, "--config", cfg, "--dsn", "postgres://127.0.0.1:1/x"})
+				if cmd == "serve" {
+					code = run(context.Background(), e, []string{cmd, "--config", cfg, "--listen", "127.0.0.1:0", "--admin-listen", "off"})
+				}
+				if code != exitUsage || !strings.Contains(errb.String(), tc.want) || !(strings.Contains(errb.String(), "fix:") || strings.Contains(errb.String(), "pgveil keygen")) {
+					t.Fatalf("%s: exit %d, stderr:\n%s\nwant exit 2 and %q", cmd, code, errb, tc.want)
+				}
+				if strings.Contains(errb.String(), k1) || strings.Contains(errb.String(), k2) {
+					t.Fatalf("%s printed a key:\n%s", cmd, errb)
+				}
+			}
+		})
+	}
+	// Two different keys pass.
+	e, out, errb, cfg := adminTestEnv(t)
+	if code := run(context.Background(), e, []string{"check", "--config", cfg}); code != exitOK || !strings.Contains(out.String(), "keys OK") {
+		t.Fatalf("different keys: exit %d\n%s", code, errb)
+	}
+}

@@ -57,8 +57,7 @@ func runServe(ctx context.Context, e *env, args []string) int {
 
 	cfg, kr, err := loadServe(e, path, f)
 	if err != nil {
-		fmt.Fprintln(e.stderr, err)
-		return exitUsage
+		return report(e, err, exitUsage)
 	}
 	setLevel(level, cfg.LogLevel)
 
@@ -150,7 +149,7 @@ func loadServe(e *env, path string, f serveFlags) (*config.Config, *keyring.Keyr
 	if f.adminListen != "" {
 		cfg.AdminListen = f.adminListen
 	}
-	kr, err := keyring.Load(cfg.Keys, e.lookupEnv, e.readFile)
+	kr, err := loadKeys(cfg.Keys, e)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -167,7 +166,12 @@ func reload(e *env, path string, f serveFlags, srv *proxy.Server, level *slog.Le
 	}
 	if err != nil {
 		srv.Metrics.Reload(false)
-		audit.Error("configuration reload failed; keeping the previous configuration", "error", err.Error())
+		attrs := []any{"error", err.Error()}
+		var h hinter
+		if errors.As(err, &h) && h.Hint() != "" {
+			attrs = append(attrs, "fix", h.Hint())
+		}
+		audit.Error("configuration reload failed; keeping the previous configuration", attrs...)
 		return
 	}
 	old := srv.Snapshot()
