@@ -473,3 +473,34 @@ func TestUniqueWaitRetries(t *testing.T) {
 		t.Fatalf("row 5 blind index: %v", err)
 	}
 }
+
+// TestSchemaColumnDefaults: a default or generated value on an encrypted
+// column would be stored unencrypted; schema drops it (a NULL default is
+// no default).
+func TestSchemaColumnDefaults(t *testing.T) {
+	pool := testDB(t, 1, `;ALTER TABLE users ALTER COLUMN full_name SET DEFAULT 'Anonymous'; ALTER TABLE users ALTER COLUMN email SET DEFAULT NULL`)
+	p, err := PlanSchema(ctxT(t), pool, []config.Table{usersTable})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `ALTER TABLE "public"."users" ALTER COLUMN "full_name" DROP DEFAULT`
+	if got := sqlOf(p.Statements); !strings.Contains(got, want) || strings.Contains(got, `"email" DROP DEFAULT`) {
+		t.Fatalf("plan:\n%s\nwant %s", got, want)
+	}
+	probs, _, err := CheckSchema(ctxT(t), pool, []config.Table{usersTable})
+	found := false
+	for _, pr := range probs {
+		found = found || strings.Contains(pr.What, "full_name has a default")
+	}
+	if err != nil || !found {
+		t.Fatalf("check: %v %v", probs, err)
+	}
+	var out bytes.Buffer
+	if err := ApplySchema(ctxT(t), pool, p.Statements, &out); err != nil {
+		t.Fatal(err)
+	}
+	var def *string
+	if err := pool.QueryRow(ctxT(t), "SELECT column_default FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'full_name'").Scan(&def); err != nil || def != nil {
+		t.Fatalf("default left: %v %v", def, err)
+	}
+}

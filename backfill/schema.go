@@ -93,6 +93,10 @@ type attr struct {
 	typ     string // format_type
 	typname string // pg_type.typname
 	typmod  int32
+	// def is the column's default expression ("" for none; a NULL default
+	// counts as none), generated whether it is a generated column's.
+	def       string
+	generated bool
 }
 
 // index is an index of a table in the catalog.
@@ -135,8 +139,10 @@ func inspect(ctx context.Context, q querier, t config.Table) (*tableState, error
 		return nil, fmt.Errorf("pgveil: looking up table %s.%s: %w", st.schema, st.name, err)
 	}
 	st.exists = true
-	rows, err := q.Query(ctx, `SELECT a.attname, a.attnum, format_type(a.atttypid, a.atttypmod), t.typname, a.atttypmod
+	rows, err := q.Query(ctx, `SELECT a.attname, a.attnum, format_type(a.atttypid, a.atttypmod), t.typname, a.atttypmod,
+			coalesce(pg_get_expr(d.adbin, d.adrelid), ''), a.attgenerated <> ''
 		FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+		LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped`, oid)
 	if err != nil {
 		return nil, err
@@ -144,8 +150,11 @@ func inspect(ctx context.Context, q querier, t config.Table) (*tableState, error
 	for rows.Next() {
 		var n string
 		var a attr
-		if err := rows.Scan(&n, &a.num, &a.typ, &a.typname, &a.typmod); err != nil {
+		if err := rows.Scan(&n, &a.num, &a.typ, &a.typname, &a.typmod, &a.def, &a.generated); err != nil {
 			return nil, err
+		}
+		if strings.HasPrefix(a.def, "NULL::") || a.def == "NULL" {
+			a.def = ""
 		}
 		st.attrs[n] = a
 		st.byNum[a.num] = n
@@ -273,6 +282,14 @@ func plan(st *tableState, t config.Table) SchemaPlan {
 			p.Problems = append(p.Problems, Problem{What: "column " + full + "." + c.Column + " does not exist",
 				Fix: "fix tables[].columns[].column in the config, or add the column"})
 			continue
+		}
+		switch {
+		case a.generated:
+			p.Statements = append(p.Statements, Statement{SQL: fmt.Sprintf("ALTER TABLE %s ALTER COLUMN %s DROP EXPRESSION", q, quoteIdent(c.Column)),
+				Why: fmt.Sprintf("encrypted column %s.%s is generated: PostgreSQL computes and stores it unencrypted", full, c.Column)})
+		case a.def != "":
+			p.Statements = append(p.Statements, Statement{SQL: fmt.Sprintf("ALTER TABLE %s ALTER COLUMN %s DROP DEFAULT", q, quoteIdent(c.Column)),
+				Why: fmt.Sprintf("encrypted column %s.%s has a default: PostgreSQL stores it unencrypted in every row inserted without the column", full, c.Column)})
 		}
 		if !a.holdsTokens() {
 			why := fmt.Sprintf("encrypted column %s.%s is %s, which cannot hold tokens (they are longer than the plaintext)", full, c.Column, a.typ)

@@ -690,6 +690,29 @@ func (a *analyzer) stmt(n *pg.Node, parent *scope) (outs []outCol, unknown bool,
 			}
 		}
 		return nil, false, false
+	case *pg.Node_AlterTableStmt:
+		if t := a.table(x.AlterTableStmt.Relation.GetSchemaname(), x.AlterTableStmt.Relation.GetRelname()); t != nil {
+			for _, c := range x.AlterTableStmt.Cmds {
+				cmd := c.GetAlterTableCmd()
+				if cmd == nil {
+					continue
+				}
+				switch cmd.Subtype {
+				case pg.AlterTableType_AT_ColumnDefault:
+					if cr := t.cols[cmd.Name]; cr != nil && cmd.Def != nil && !isNullConst(cmd.Def) {
+						a.refuseColumnDefault(cr)
+					}
+				case pg.AlterTableType_AT_AddColumn:
+					a.columnDef(t, cmd.Def.GetColumnDef())
+				}
+			}
+		}
+	case *pg.Node_CreateStmt:
+		if t := a.table(x.CreateStmt.Relation.GetSchemaname(), x.CreateStmt.Relation.GetRelname()); t != nil {
+			for _, e := range x.CreateStmt.TableElts {
+				a.columnDef(t, e.GetColumnDef())
+			}
+		}
 	case *pg.Node_VariableSetStmt:
 		// SET [LOCAL] search_path / role / session_authorization ("$user"
 		// in the path follows them), RESET of those, RESET ALL.
@@ -720,6 +743,42 @@ func (a *analyzer) stmt(n *pg.Node, parent *scope) (outs []outCol, unknown bool,
 	}
 	a.collectTables(n.ProtoReflect())
 	return nil, false, false
+}
+
+// columnDef refuses a default or generated value for an encrypted column:
+// PostgreSQL would store it as it is written, in plaintext, in every row
+// inserted without the column.
+func (a *analyzer) columnDef(t *tableRule, cd *pg.ColumnDef) {
+	if cd == nil {
+		return
+	}
+	cr := t.cols[cd.Colname]
+	if cr == nil {
+		return
+	}
+	if cd.RawDefault != nil && !isNullConst(cd.RawDefault) {
+		a.refuseColumnDefault(cr)
+	}
+	for _, c := range cd.Constraints {
+		if con := c.GetConstraint(); con != nil {
+			switch con.Contype {
+			case pg.ConstrType_CONSTR_DEFAULT, pg.ConstrType_CONSTR_GENERATED:
+				if con.RawExpr != nil && !isNullConst(con.RawExpr) {
+					a.refuseColumnDefault(cr)
+				}
+			}
+		}
+	}
+}
+
+func (a *analyzer) refuseColumnDefault(cr *colRule) {
+	a.refuseCol(cr, "a default or generated value", ReasonUnsupported,
+		"PostgreSQL would store it unencrypted; insert the value through pgveil instead (DEFAULT NULL is allowed)")
+}
+
+func isNullConst(n *pg.Node) bool {
+	c := n.GetAConst()
+	return c != nil && c.Isnull
 }
 
 func isDDL(n *pg.Node) bool {

@@ -317,6 +317,15 @@ var cases = []rwCase{
 	{name: "probe/upsert_all_columns", sql: `INSERT INTO users (id, email, email_hash) VALUES (1, $1, $2) ON CONFLICT (id) DO UPDATE SET email = excluded.email, email_hash = excluded.email_hash`, want: "SET email = excluded.email, email_hash = excluded.email_hash"},
 	{name: "probe/copy_with_hash", sql: `COPY users (email, email_hash) FROM STDIN`, want: "refuse 0A000"},
 
+	{name: "probe/alter_set_default", sql: `ALTER TABLE users ALTER COLUMN email SET DEFAULT 'default-plain@x.com'`, want: "refuse 0A000 unsupported: pgveil: a default or generated value is not supported on encrypted column public.users.email"},
+	{name: "probe/alter_set_default_null", sql: `ALTER TABLE users ALTER COLUMN email SET DEFAULT NULL`, want: "passthrough"},
+	{name: "probe/alter_drop_default", sql: `ALTER TABLE users ALTER COLUMN email DROP DEFAULT`, want: "passthrough"},
+	{name: "probe/alter_default_plain_col", sql: `ALTER TABLE users ALTER COLUMN age SET DEFAULT 3`, want: "passthrough"},
+	{name: "probe/add_column_default", sql: `ALTER TABLE tasks ADD COLUMN description text DEFAULT ''`, want: "refuse 0A000"},
+	{name: "probe/create_default", sql: `CREATE TABLE chat_history (id serial, message text NOT NULL DEFAULT 'hi')`, want: "refuse 0A000"},
+	{name: "probe/create_generated", sql: `CREATE TABLE chat_history (id serial, raw text, message text GENERATED ALWAYS AS (upper(raw)) STORED)`, want: "refuse 0A000"},
+	{name: "probe/create_plain_default", sql: `CREATE TABLE chat_history (id serial, message text, created_at timestamptz DEFAULT now())`, want: "passthrough"},
+
 	// --- modes
 	{name: "migrating/eq_param", opts: "migrating", sql: `SELECT id FROM users WHERE email = $1`, want: "(email_hash = $2 OR (email_hash IS NULL AND email = $1))"},
 	{name: "migrating/eq_literal", opts: "migrating", sql: `SELECT id FROM users WHERE users.email = 'a'`, want: "lit0 none"},
