@@ -772,15 +772,8 @@ func (s *Session) forwardCopyError() error {
 	}
 	s.copyFail.CompareAndSwap(n, nil)
 	code, msg, hint := errorFields(n.err)
-	reply := pgproto3.ErrorResponse{Severity: er.Severity, SeverityUnlocalized: er.SeverityUnlocalized,
-		Code: code, Message: msg, Hint: hint, Where: er.Where}
-	out, err := reply.Encode(s.srvState.out[:0])
-	if err != nil {
-		return err
-	}
-	s.srvState.out = out
-	_, err = s.cw.Write(out)
-	return err
+	return s.writeErrorResponse(&pgproto3.ErrorResponse{Severity: er.Severity, SeverityUnlocalized: er.SeverityUnlocalized,
+		Code: code, Message: msg, Hint: hint, Where: er.Where})
 }
 
 // copyAnswered forgets a copyFailNote once the statement of its COPY is

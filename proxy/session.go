@@ -1661,6 +1661,12 @@ func (s *Session) forwardRaised() error {
 		return nil
 	}
 	er.Where = ""
+	return s.writeErrorResponse(&er)
+}
+
+// writeErrorResponse sends the client an ErrorResponse pgveil made or
+// changed, encoded in the server side's scratch. [server, under cwMu]
+func (s *Session) writeErrorResponse(er *pgproto3.ErrorResponse) error {
 	out, err := er.Encode(s.srvState.out[:0])
 	if err != nil {
 		return err

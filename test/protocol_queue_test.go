@@ -29,18 +29,8 @@ func (rc *rawConn) trace(stop string) string {
 	var out []string
 	for {
 		m := rc.recv()
-		s := strings.TrimPrefix(fmt.Sprintf("%T", m), "*pgproto3.")
+		s := msgText(m)
 		switch m := m.(type) {
-		case *pgproto3.DataRow:
-			vals := make([]string, len(m.Values))
-			for i, v := range m.Values {
-				vals[i] = string(v)
-			}
-			s += "(" + strings.Join(vals, ",") + ")"
-		case *pgproto3.ErrorResponse:
-			s += "(" + m.Code + ")"
-		case *pgproto3.CommandComplete:
-			s += "(" + string(m.CommandTag) + ")"
 		case *pgproto3.ReadyForQuery:
 			s += "(" + string(m.TxStatus) + ")"
 		case *pgproto3.NoticeResponse:

@@ -65,26 +65,33 @@ func (rc *rawConn) recv() pgproto3.BackendMessage {
 
 // until reads messages up to and including one of type T, and returns a
 // compact transcript: message types, with DataRow values and error codes.
+// msgText renders a backend message for a transcript: its type, with
+// DataRow values, error codes and command tags.
+func msgText(m pgproto3.BackendMessage) string {
+	s := strings.TrimPrefix(fmt.Sprintf("%T", m), "*pgproto3.")
+	switch m := m.(type) {
+	case *pgproto3.DataRow:
+		vals := make([]string, len(m.Values))
+		for i, v := range m.Values {
+			vals[i] = string(v)
+		}
+		s += "(" + strings.Join(vals, ",") + ")"
+	case *pgproto3.ErrorResponse:
+		s += "(" + m.Code + ")"
+	case *pgproto3.CommandComplete:
+		s += "(" + string(m.CommandTag) + ")"
+	}
+	return s
+}
+
 func (rc *rawConn) until(stop string) []string {
 	rc.t.Helper()
 	var out []string
 	for {
 		m := rc.recv()
-		s := fmt.Sprintf("%T", m)
-		s = strings.TrimPrefix(s, "*pgproto3.")
-		switch m := m.(type) {
-		case *pgproto3.DataRow:
-			vals := make([]string, len(m.Values))
-			for i, v := range m.Values {
-				vals[i] = string(v)
-			}
-			s += "(" + strings.Join(vals, ",") + ")"
-		case *pgproto3.ErrorResponse:
-			s += "(" + m.Code + ")"
-		case *pgproto3.CommandComplete:
-			s += "(" + string(m.CommandTag) + ")"
-		case *pgproto3.ParameterDescription:
-			s += fmt.Sprintf("(%d)", len(m.ParameterOIDs))
+		s := msgText(m)
+		if p, ok := m.(*pgproto3.ParameterDescription); ok {
+			s += fmt.Sprintf("(%d)", len(p.ParameterOIDs))
 		}
 		out = append(out, s)
 		if strings.HasPrefix(s, stop) {
