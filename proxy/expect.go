@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgveil/pgveil/rewrite"
@@ -45,6 +47,9 @@ type expect struct {
 	// sent.
 	replacesZ bool
 	pathGen   uint64
+	// undo (Parse, Close of a statement): how to put the session's list of
+	// statements back if PostgreSQL skips the message.
+	undo *stmtUndo
 	// sent is when the client's message arrived (Sync, Query; a monoNow
 	// reading, 0 for other entries), for the statement duration metrics.
 	sent time.Duration
@@ -90,6 +95,34 @@ type expectQueue struct {
 	// which peeks, take the lock once between them. [server]
 	front   expect
 	frontOK bool
+
+	// undone holds the undo of entries popUntilSync removed, oldest first,
+	// for the client side to apply (takeUndone); undoPending says there
+	// are some without taking the lock.
+	undone      []*stmtUndo
+	undoPending atomic.Bool
+}
+
+// stmtUndo says what a Parse or a Close of a statement changed in the
+// session's list of statements, so that it can be put back when PostgreSQL
+// skips the message (it discards messages up to Sync after an error): else
+// pgveil would forget a statement PostgreSQL still holds, and forward its
+// next Bind untransformed.
+type stmtUndo struct {
+	name      string
+	was       *statement // what the name held before (nil: nothing)
+	installed *statement // what the message put there (nil: a Close)
+}
+
+// takeUndone returns the undo of skipped entries, newest first. [client]
+func (q *expectQueue) takeUndone() []*stmtUndo {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	u := q.undone
+	q.undone = nil
+	q.undoPending.Store(false)
+	slices.Reverse(u)
+	return u
 }
 
 // push appends an entry and returns its number; ok is false once the
@@ -263,6 +296,10 @@ func (q *expectQueue) popUntilSync() (clientOwned bool) {
 		}
 		if !q.items[q.head].drop {
 			clientOwned = true
+		}
+		if u := q.items[q.head].undo; u != nil {
+			q.undone = append(q.undone, u)
+			q.undoPending.Store(true)
 		}
 		q.popLocked()
 		removed = true

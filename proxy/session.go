@@ -501,6 +501,11 @@ func (s *Session) onClientMessage(typ byte, nextErr error, busySince time.Durati
 	if s.closing.Load() {
 		return net.ErrClosed
 	}
+	if s.q.undoPending.Load() {
+		for _, u := range s.q.takeUndone() {
+			s.applyUndo(u)
+		}
+	}
 	if s.copyIn != nil && typ != 'd' && typ != 'c' && typ != 'f' && typ != 'H' && typ != 'S' {
 		s.copyIn = nil // the COPY ended on the server before any data
 	}
@@ -597,6 +602,9 @@ func (s *Session) send(e expect, frame []byte) error {
 	n, ok := s.q.push(e)
 	if !ok {
 		return net.ErrClosed
+	}
+	if n == 0 && e.undo != nil {
+		s.applyUndo(e.undo) // PostgreSQL will skip it
 	}
 	if e.portal != nil && n != 0 {
 		e.portal.owedThrough = n
@@ -916,8 +924,8 @@ func (s *Session) onParse() error {
 		// it without decoding or planning again.
 		s.stats.statements.Add(1)
 		s.srv.Metrics.PlanCache(CacheSkip)
-		s.stmts.set(r.stmt.name, r.stmt)
-		return s.sendAsIs(expect{kind: expParse, stmt: r.stmt}, 'P', body)
+		u := s.setStatement(r.stmt.name, r.stmt)
+		return s.sendAsIs(expect{kind: expParse, stmt: r.stmt, undo: u}, 'P', body)
 	}
 	var p pgproto3.Parse
 	if err := p.Decode(body); err != nil {
@@ -935,14 +943,14 @@ func (s *Session) onParse() error {
 	case rewrite.KindPassthrough:
 		st := &statement{name: p.Name, plan: plan, clientParams: -1, scs: scsEffect(p.Query)}
 		st.src = s.sourceOf(snap, plan, p.Query, p.ParameterOIDs)
-		s.stmts.set(p.Name, st)
+		u := s.setStatement(p.Name, st)
 		if len(plan.Tables) == 0 && !plan.DDL && !plan.Unqualified && !plan.SearchPathChange && len(body) <= 4096 {
 			s.lastParse = &parseMemo{body: append(s.lastParseBuf[:0], body...), snap: snap, stmt: st}
 			s.lastParseBuf = s.lastParse.body
 		} else {
 			s.lastParse = nil
 		}
-		return s.sendAsIs(expect{kind: expParse, stmt: st}, 'P', body)
+		return s.sendAsIs(expect{kind: expParse, stmt: st, undo: u}, 'P', body)
 	}
 	st, frame, err := s.upstreamParse(s.encBuf[:0], snap, p.Name, p.Query, p.ParameterOIDs, plan, lits)
 	if err != nil {
@@ -950,9 +958,9 @@ func (s *Session) onParse() error {
 		return s.raiseExtended(err)
 	}
 	st.src = s.sourceOf(snap, plan, p.Query, p.ParameterOIDs)
-	s.stmts.set(p.Name, st)
+	u := s.setStatement(p.Name, st)
 	s.encBuf = frame
-	return s.send(expect{kind: expParse, stmt: st}, frame)
+	return s.send(expect{kind: expParse, stmt: st, undo: u}, frame)
 }
 
 // upstreamParse makes the statement a rewritten plan becomes and the Parse
@@ -1070,10 +1078,10 @@ func (s *Session) freshStatement(st *statement) (*statement, error) {
 	if err := s.send(expect{kind: expClose, drop: true}, closeFrame); err != nil {
 		return nil, err
 	}
-	if err := s.send(expect{kind: expParse, stmt: ns, drop: true}, frame); err != nil {
+	u := s.setStatement(st.name, ns)
+	if err := s.send(expect{kind: expParse, stmt: ns, drop: true, undo: u}, frame); err != nil {
 		return nil, err
 	}
-	s.stmts.set(st.name, ns)
 	if s.lastParse != nil && s.lastParse.stmt == st {
 		s.lastParse = nil
 	}
@@ -1245,15 +1253,44 @@ func (s *Session) onClose() error {
 	if err != nil {
 		return err
 	}
+	e := expect{kind: expClose}
 	if len(body) >= 2 {
 		name, _, _ := cstring(body[1:])
 		if body[0] == 'S' {
-			s.stmts.del(name)
+			e.undo = s.setStatement(name, nil)
 		} else {
 			s.portals.del(name)
 		}
 	}
-	return s.sendAsIs(expect{kind: expClose}, 'C', body)
+	return s.sendAsIs(e, 'C', body)
+}
+
+// setStatement names st (nil: none) in the session's list of statements
+// and returns how to undo that, nil when nothing changed.
+func (s *Session) setStatement(name string, st *statement) *stmtUndo {
+	was := s.stmts.get(name)
+	if was == st {
+		return nil
+	}
+	if st == nil {
+		s.stmts.del(name)
+	} else {
+		s.stmts.set(name, st)
+	}
+	return &stmtUndo{name: name, was: was, installed: st}
+}
+
+// applyUndo puts a statement name back as it was before a message
+// PostgreSQL skipped, unless a later message named it again. [client]
+func (s *Session) applyUndo(u *stmtUndo) {
+	if s.stmts.get(u.name) != u.installed {
+		return
+	}
+	if u.was == nil {
+		s.stmts.del(u.name)
+	} else {
+		s.stmts.set(u.name, u.was)
+	}
 }
 
 // injectCatalogQuery reloads the catalog between statements (after DDL or a

@@ -381,3 +381,41 @@ func TestProtocolUndecryptableInTransaction(t *testing.T) {
 	step("RowDescription DataRow(a@x.io,Alice) CommandComplete(SELECT 1) ReadyForQuery(I)",
 		&pgproto3.Query{String: "SELECT email, full_name FROM users WHERE id = 1"})
 }
+
+// TestProtocolSkippedStatementChanges: PostgreSQL skips a Close or a Parse
+// that follows an error in the same batch, so the statement it named is
+// still there, as it was; pgveil keeps its own list of statements the same,
+// and a later Bind of that statement is still encrypted.
+func TestProtocolSkippedStatementChanges(t *testing.T) {
+	p := startProxy(t, proxyOpts{})
+	const insert = "INSERT INTO users (email, full_name) VALUES ($1, $2)"
+	for _, c := range []struct {
+		name  string
+		batch []pgproto3.FrontendMessage
+	}{
+		{"close", []pgproto3.FrontendMessage{&pgproto3.Close{ObjectType: 'S', Name: "ins"}}},
+		{"parse unnamed", []pgproto3.FrontendMessage{&pgproto3.Parse{Query: "SELECT 1"}, &pgproto3.Close{ObjectType: 'S', Name: "ins"}}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			rc := dialRaw(t, p.Addr, pgtest.TrustUser, p.DB)
+			rc.send(&pgproto3.Parse{Name: "ins", Query: insert}, &pgproto3.Parse{Query: insert}, &pgproto3.Sync{})
+			if got := rc.trace("ReadyForQuery"); got != "ParseComplete ParseComplete ReadyForQuery(I)" {
+				t.Fatalf("prepare: %s", got)
+			}
+			// An error first: PostgreSQL skips the rest up to Sync.
+			msgs := append([]pgproto3.FrontendMessage{&pgproto3.Parse{Name: "bad", Query: "SELEC 1"}}, c.batch...)
+			rc.send(append(msgs, &pgproto3.Sync{})...)
+			if got := rc.trace("ReadyForQuery"); got != "ErrorResponse(42601) ReadyForQuery(I)" {
+				t.Fatalf("skipped batch: %s", got)
+			}
+			for _, stmt := range []string{"ins", ""} {
+				email := "skip-" + strings.ReplaceAll(c.name, " ", "-") + "-" + stmt + "@x.io"
+				rc.send(&pgproto3.Bind{PreparedStatement: stmt, Parameters: [][]byte{[]byte(email), []byte("Skipped")}}, &pgproto3.Execute{}, &pgproto3.Sync{})
+				if got := rc.trace("ReadyForQuery"); got != "BindComplete CommandComplete(INSERT 0 1) ReadyForQuery(I)" {
+					t.Fatalf("bind %q: %s", stmt, got)
+				}
+				assertNoPlaintext(t, p, email)
+			}
+		})
+	}
+}
