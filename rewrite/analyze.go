@@ -683,7 +683,7 @@ func (a *analyzer) stmt(n *pg.Node, parent *scope) (outs []outCol, unknown bool,
 	case *pg.Node_DoStmt:
 		for _, arg := range x.DoStmt.Args {
 			if de := arg.GetDefElem(); de != nil && de.Defname == "as" {
-				if body := de.Arg.GetString_().GetSval(); a.r.Mentions(body) {
+				if body := de.Arg.GetString_().GetSval(); a.r.mentionsTable(body) {
 					t := a.r.byQName[a.r.firstMentioned(body)]
 					a.refuseTable(t, "a DO block", ReasonUnsupported, "run the statements of the block directly so pgveil can encrypt their values")
 				}
@@ -704,6 +704,19 @@ func (a *analyzer) stmt(n *pg.Node, parent *scope) (outs []outCol, unknown bool,
 					}
 				case pg.AlterTableType_AT_AddColumn:
 					a.columnDef(t, cmd.Def.GetColumnDef())
+				case pg.AlterTableType_AT_AddConstraint:
+					a.encryptedRefs(t, cmd.Def, "a constraint")
+				case pg.AlterTableType_AT_AlterColumnType:
+					// USING computes the new values in PostgreSQL: only the
+					// column itself can pass (its tokens stay tokens).
+					if cr := t.cols[cmd.Name]; cr != nil {
+						if u := cmd.Def.GetColumnDef().GetRawDefault(); u != nil {
+							if ref := u.GetColumnRef(); ref == nil || fieldNames(ref)[len(fieldNames(ref))-1] != cr.name {
+								a.refuseCol(cr, "ALTER COLUMN ... TYPE ... USING an expression", ReasonUnsupported,
+									"change the type without USING, or with USING "+cr.name+"::text")
+							}
+						}
+					}
 				}
 			}
 		}
@@ -711,7 +724,56 @@ func (a *analyzer) stmt(n *pg.Node, parent *scope) (outs []outCol, unknown bool,
 		if t := a.table(x.CreateStmt.Relation.GetSchemaname(), x.CreateStmt.Relation.GetRelname()); t != nil {
 			for _, e := range x.CreateStmt.TableElts {
 				a.columnDef(t, e.GetColumnDef())
+				if con := e.GetConstraint(); con != nil {
+					a.encryptedRefs(t, e, "a constraint")
+				}
 			}
+		}
+	case *pg.Node_IndexStmt:
+		// A partial index's predicate or an index expression compares in
+		// PostgreSQL, with its constants stored in the catalog.
+		if t := a.table(x.IndexStmt.Relation.GetSchemaname(), x.IndexStmt.Relation.GetRelname()); t != nil {
+			if x.IndexStmt.WhereClause != nil {
+				a.encryptedRefs(t, x.IndexStmt.WhereClause, "an index predicate")
+			}
+		}
+	case *pg.Node_CreatePolicyStmt:
+		if t := a.table(x.CreatePolicyStmt.Table.GetSchemaname(), x.CreatePolicyStmt.Table.GetRelname()); t != nil {
+			a.encryptedRefs(t, x.CreatePolicyStmt.Qual, "a row security policy")
+			a.encryptedRefs(t, x.CreatePolicyStmt.WithCheck, "a row security policy")
+		}
+	case *pg.Node_AlterPolicyStmt:
+		if t := a.table(x.AlterPolicyStmt.Table.GetSchemaname(), x.AlterPolicyStmt.Table.GetRelname()); t != nil {
+			a.encryptedRefs(t, x.AlterPolicyStmt.Qual, "a row security policy")
+			a.encryptedRefs(t, x.AlterPolicyStmt.WithCheck, "a row security policy")
+		}
+	case *pg.Node_CreateFunctionStmt:
+		// Like a DO block: pgveil never sees the statements of the body
+		// when they run, so neither their values nor their lookups.
+		f := x.CreateFunctionStmt
+		body := f.SqlBody != nil && a.touchesConfigured(f.SqlBody.ProtoReflect())
+		for _, o := range f.Options {
+			if de := o.GetDefElem(); de != nil && de.Defname == "as" {
+				for _, it := range de.Arg.GetList().GetItems() {
+					body = body || a.r.mentionsTable(it.GetString_().GetSval())
+				}
+				body = body || a.r.mentionsTable(de.Arg.GetString_().GetSval())
+			}
+		}
+		if body {
+			what := "a function"
+			if f.IsProcedure {
+				what = "a procedure"
+			}
+			t := a.r.byQName[a.r.firstMentioned(a.sql)]
+			a.refuseTable(t, what+" whose body uses it", ReasonUnsupported,
+				"pgveil cannot encrypt or look up what server-side code writes and reads; run its statements from the application, or create it directly on PostgreSQL knowing its values are stored as given")
+		}
+	case *pg.Node_RuleStmt:
+		r := x.RuleStmt
+		if a.table(r.Relation.GetSchemaname(), r.Relation.GetRelname()) != nil || a.touchesConfigured(r.ProtoReflect()) {
+			t := a.r.byQName[a.r.firstMentioned(a.sql)]
+			a.refuseTable(t, "a rule", ReasonUnsupported, "a rule's actions run inside PostgreSQL, where pgveil cannot encrypt them; use the application's SQL")
 		}
 	case *pg.Node_VariableSetStmt:
 		// SET [LOCAL] search_path / role / session_authorization ("$user"
@@ -769,6 +831,39 @@ func (a *analyzer) columnDef(t *tableRule, cd *pg.ColumnDef) {
 			}
 		}
 	}
+}
+
+// encryptedRefs refuses a reference to an encrypted column of t anywhere in
+// n (a CHECK constraint, an index predicate, a policy): PostgreSQL would
+// compare ciphertext, and the constants beside it would be stored in its
+// catalog unencrypted.
+func (a *analyzer) encryptedRefs(t *tableRule, n *pg.Node, what string) {
+	if n == nil {
+		return
+	}
+	var walk func(m protoreflect.Message)
+	walk = func(m protoreflect.Message) {
+		if cr, ok := m.Interface().(*pg.ColumnRef); ok {
+			f := fieldNames(cr)
+			if c := t.cols[f[len(f)-1]]; c != nil {
+				a.refuseCol(c, what, ReasonUnsupported, "PostgreSQL would compare ciphertext and keep the constants unencrypted in its catalog")
+			}
+			return
+		}
+		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			if fd.Kind() == protoreflect.MessageKind && !fd.IsMap() {
+				if fd.IsList() {
+					for i := 0; i < v.List().Len(); i++ {
+						walk(v.List().Get(i).Message())
+					}
+				} else {
+					walk(v.Message())
+				}
+			}
+			return true
+		})
+	}
+	walk(n.ProtoReflect())
 }
 
 func (a *analyzer) refuseColumnDefault(cr *colRule) {

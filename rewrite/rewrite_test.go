@@ -326,6 +326,23 @@ var cases = []rwCase{
 	{name: "probe/create_generated", sql: `CREATE TABLE chat_history (id serial, raw text, message text GENERATED ALWAYS AS (upper(raw)) STORED)`, want: "refuse 0A000"},
 	{name: "probe/create_plain_default", sql: `CREATE TABLE chat_history (id serial, message text, created_at timestamptz DEFAULT now())`, want: "passthrough"},
 
+	{name: "probe/do_mentions_only_role", sql: `DO $$BEGIN EXECUTE 'SET ROLE app'; END$$ -- users`, want: "passthrough"},
+	{name: "probe/create_function_writes", sql: `CREATE FUNCTION f3(i int, e text) RETURNS void LANGUAGE sql BEGIN ATOMIC INSERT INTO users (id, email) VALUES (i, e); END`, want: "refuse 0A000 unsupported: pgveil: a function whose body uses it is not supported on encrypted table public.users"},
+	{name: "probe/create_function_string_body", sql: `CREATE FUNCTION f1(e text) RETURNS SETOF int LANGUAGE sql AS 'select id from users where email = e'`, want: "refuse 0A000"},
+	{name: "probe/create_procedure_plpgsql", sql: `CREATE PROCEDURE p1(e text) LANGUAGE plpgsql AS $$BEGIN INSERT INTO users (email) VALUES (e); END$$`, want: "refuse 0A000 unsupported: pgveil: a procedure whose body uses it"},
+	{name: "probe/create_function_other", sql: `CREATE FUNCTION users_count_plain() RETURNS int LANGUAGE sql AS 'select count(*) from plain'`, want: "passthrough"},
+	{name: "probe/create_rule", sql: `CREATE RULE r1 AS ON INSERT TO plain DO ALSO INSERT INTO users (id, email) VALUES (new.id, new.v)`, want: "refuse 0A000 unsupported: pgveil: a rule is not supported"},
+	{name: "probe/partial_index", sql: `CREATE INDEX vip_idx ON users (id) WHERE email = 'vip-index@x.com'`, want: "refuse 0A000 unsupported: pgveil: an index predicate is not supported on encrypted column public.users.email"},
+	{name: "probe/index_plain_predicate", sql: `CREATE INDEX recent_idx ON users (id) WHERE age > 30`, want: "passthrough"},
+	{name: "probe/add_check", sql: `ALTER TABLE users ADD CONSTRAINT no_banned CHECK (email <> 'banned-check@x.com')`, want: "refuse 0A000 unsupported: pgveil: a constraint is not supported on encrypted column public.users.email"},
+	{name: "probe/add_check_plain", sql: `ALTER TABLE users ADD CONSTRAINT adult CHECK (age >= 18)`, want: "passthrough"},
+	{name: "probe/create_table_check", sql: `CREATE TABLE chat_history (id serial, message text, CHECK (message <> 'x'))`, want: "refuse 0A000"},
+	{name: "probe/policy", sql: `CREATE POLICY p1 ON users USING (email = 'policy-admin@x.com')`, want: "refuse 0A000 unsupported: pgveil: a row security policy"},
+	{name: "probe/policy_plain", sql: `CREATE POLICY p2 ON users USING (id = current_setting('app.uid')::bigint)`, want: "passthrough"},
+	{name: "probe/alter_type_using", sql: `ALTER TABLE users ALTER COLUMN email TYPE text USING CASE WHEN id = 97 THEN 'alter-plain@x.com' ELSE email END`, want: "refuse 0A000 unsupported: pgveil: ALTER COLUMN ... TYPE ... USING an expression"},
+	{name: "probe/alter_type_using_self", sql: `ALTER TABLE users ALTER COLUMN email TYPE text USING email`, want: "passthrough"},
+	{name: "probe/alter_type_plain", sql: `ALTER TABLE users ALTER COLUMN full_name TYPE text`, want: "passthrough"},
+
 	// --- modes
 	{name: "migrating/eq_param", opts: "migrating", sql: `SELECT id FROM users WHERE email = $1`, want: "(email_hash = $2 OR (email_hash IS NULL AND email = $1))"},
 	{name: "migrating/eq_literal", opts: "migrating", sql: `SELECT id FROM users WHERE users.email = 'a'`, want: "lit0 none"},

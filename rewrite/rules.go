@@ -222,6 +222,30 @@ func (r *Rules) Mentions(sql string) bool {
 	return false
 }
 
+// mentionsTable reports whether text names a configured table as a word
+// (Mentions without the words of searchPathWords).
+func (r *Rules) mentionsTable(text string) bool {
+	if !r.Mentions(text) {
+		return false
+	}
+	lt := strings.ToLower(text)
+	for _, t := range r.tables {
+		ln := strings.ToLower(t.name)
+		for i := strings.Index(lt, ln); i >= 0; {
+			end := i + len(ln)
+			if (i == 0 || !isIdentCont(lt[i-1])) && (end == len(lt) || !isIdentCont(lt[end])) {
+				return true
+			}
+			j := strings.Index(lt[i+1:], ln)
+			if j < 0 {
+				break
+			}
+			i += 1 + j
+		}
+	}
+	return false
+}
+
 // mayStart reports whether a configured name can start with c (either
 // case): most words of a statement are ruled out without a map lookup.
 func (r *Rules) mayStart(c byte) bool {
