@@ -223,13 +223,9 @@ func (j *Job) Run(ctx context.Context, pool *pgxpool.Pool) (*Summary, error) {
 	default:
 		return sum, fmt.Errorf("pgveil: BUG: unknown operation %q", j.Op)
 	}
-	infos := make([]*tableInfo, 0, len(j.Tables))
-	for _, t := range j.Tables {
-		ti, err := loadTable(ctx, pool, t)
-		if err != nil {
-			return sum, err
-		}
-		infos = append(infos, ti)
+	infos, err := loadTables(ctx, pool, j.Tables, j.Out)
+	if err != nil {
+		return sum, err
 	}
 	var store *progressStore
 	if !j.DryRun {
@@ -268,6 +264,35 @@ func (j *Job) Run(ctx context.Context, pool *pgxpool.Pool) (*Summary, error) {
 		store.clear(context.WithoutCancel(ctx), ti.full, j.Op, j.Shard)
 	}
 	return sum, nil
+}
+
+// loadTables loads every table; a configured view is skipped, with a line
+// on out saying so, unless it is all there is to do: then its error (with
+// the base table to use) is returned.
+func loadTables(ctx context.Context, q querier, tables []config.Table, out io.Writer) ([]*tableInfo, error) {
+	infos := make([]*tableInfo, 0, len(tables))
+	var view error
+	for _, t := range tables {
+		ti, err := loadTable(ctx, q, t)
+		if errors.Is(err, ErrView) {
+			if view == nil {
+				view = err
+			}
+			var se *SchemaError
+			if errors.As(err, &se) {
+				fmt.Fprintf(out, "%s: skipped: %s; %s\n", displayName(schemaOf(t), nameOf(t)), strings.TrimPrefix(se.Error(), "pgveil: "), se.Fix)
+			}
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		infos = append(infos, ti)
+	}
+	if len(infos) == 0 && view != nil {
+		return nil, view
+	}
+	return infos, nil
 }
 
 func hasSearchable(ti *tableInfo) bool {

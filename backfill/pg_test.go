@@ -3,6 +3,7 @@ package backfill
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -502,5 +503,190 @@ func TestSchemaColumnDefaults(t *testing.T) {
 	var def *string
 	if err := pool.QueryRow(ctxT(t), "SELECT column_default FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'full_name'").Scan(&def); err != nil || def != nil {
 		t.Fatalf("default left: %v %v", def, err)
+	}
+}
+
+// shapeOf runs CheckSchema and returns its problems (as "what | fix"
+// lines) but those of the DDL plan, and its notes.
+func shapeOf(t *testing.T, pool *pgxpool.Pool, tables ...config.Table) ([]string, []string) {
+	t.Helper()
+	probs, notes, err := CheckSchema(ctxT(t), pool, tables)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, p := range probs {
+		if strings.HasPrefix(p.Fix, "pgveil schema --apply") || strings.Contains(p.What, "has no primary key") {
+			continue // the DDL plan's, tested elsewhere
+		}
+		out = append(out, p.What+" | "+p.Fix)
+	}
+	return out, notes
+}
+
+func findLine(lines []string, parts ...string) bool {
+	for _, l := range lines {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(l, p)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
+func evTable(name, domain string) config.Table {
+	return config.Table{Table: name, Schema: "public", Name: name, Columns: []config.Column{
+		{Column: "secret", BlindIndex: "secret_hash", HashDomain: domain}}}
+}
+
+// TestSchemaPartitions: a partition (any depth) or inheritance child of a
+// configured table is reached by name only, so check wants it configured
+// the same way; and the parent of a configured table too.
+func TestSchemaPartitions(t *testing.T) {
+	pool := testDB(t, 1, `;CREATE TABLE ev (id bigint, at date, secret text, secret_hash text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+		CREATE INDEX ON ev (secret_hash);
+		CREATE TABLE ev_2024 PARTITION OF ev FOR VALUES FROM ('2024-01-01') TO ('2025-01-01') PARTITION BY RANGE (at);
+		CREATE TABLE ev_2024_h1 PARTITION OF ev_2024 FOR VALUES FROM ('2024-01-01') TO ('2024-07-01');
+		CREATE TABLE users_old () INHERITS (users)`)
+	ev := evTable("ev", "public.ev.secret")
+	probs, _ := shapeOf(t, pool, usersTable, ev)
+	for _, name := range []string{"public.ev_2024 is a partition", "public.ev_2024_h1 is a partition"} {
+		if !findLine(probs, "table "+name+" of configured table public.ev: statements addressed to it directly are not encrypted",
+			"configure it too, with the same columns and hash_domain: public.ev's (e.g. hash_domain: public.ev.secret)", "or never address it directly") {
+			t.Fatalf("%s not reported:\n%s", name, strings.Join(probs, "\n"))
+		}
+	}
+	if !findLine(probs, "table public.users_old is an inheritance child of configured table public.users", "hash_domain: public.users.email") {
+		t.Fatalf("inheritance child not reported:\n%s", strings.Join(probs, "\n"))
+	}
+
+	// Configured, but h1 with its default hash domain: lookups through ev
+	// would miss its rows.
+	users := usersTable
+	old := usersTable
+	old.Table, old.Name = "users_old", "users_old"
+	probs, _ = shapeOf(t, pool, users, old, ev, evTable("ev_2024", "public.ev.secret"), evTable("ev_2024_h1", "public.ev_2024_h1.secret"))
+	if len(probs) != 1 || !findLine(probs, "hash_domain of public.ev_2024_h1.secret is public.ev_2024_h1.secret but that of public.ev_2024.secret, whose partition it is, is public.ev.secret", "set hash_domain: public.ev.secret on public.ev_2024_h1.secret") {
+		t.Fatalf("wrong hash domain:\n%s", strings.Join(probs, "\n"))
+	}
+	// A partition that leaves a column of its parent unencrypted.
+	probs, _ = shapeOf(t, pool, users, old, ev, evTable("ev_2024", "public.ev.secret"),
+		config.Table{Table: "ev_2024_h1", Schema: "public", Name: "ev_2024_h1"})
+	if !findLine(probs, "encrypted column public.ev_2024.secret is not configured on its partition public.ev_2024_h1", "{column: secret, blind_index: secret_hash, hash_domain: public.ev.secret}") {
+		t.Fatalf("missing column:\n%s", strings.Join(probs, "\n"))
+	}
+	// The right domains: nothing to report.
+	probs, _ = shapeOf(t, pool, users, old, ev, evTable("ev_2024", "public.ev.secret"), evTable("ev_2024_h1", "public.ev.secret"))
+	if len(probs) != 0 {
+		t.Fatalf("configured alike, still:\n%s", strings.Join(probs, "\n"))
+	}
+	// Only a partition configured: its parent is the hole.
+	probs, _ = shapeOf(t, pool, users, old, evTable("ev_2024_h1", "public.ev.secret"))
+	if !findLine(probs, "configured table public.ev_2024_h1 is a partition of table public.ev, which is not configured") ||
+		!findLine(probs, "configured table public.ev_2024_h1 is a partition of table public.ev_2024, which is not configured") {
+		t.Fatalf("unconfigured parents:\n%s", strings.Join(probs, "\n"))
+	}
+}
+
+// TestSchemaViews: a view over an encrypted column must be configured like
+// its base table; a configured view is checked, not reported missing, and
+// the data commands skip it.
+func TestSchemaViews(t *testing.T) {
+	pool := testDB(t, 3, `;CREATE VIEW user_emails AS SELECT id, email, email_hash FROM users;
+		CREATE VIEW named AS SELECT id, email AS mail FROM users WHERE full_name IS NOT NULL`)
+	probs, notes := shapeOf(t, pool, usersTable)
+	if !findLine(probs, "view public.user_emails reads encrypted column public.users.email: writes through it (an updatable view) store plaintext and lookups through it miss",
+		"configure the view with the same columns and hash_domain as public.users (hash_domain: public.users.email)",
+		"{column: email, blind_index: email_hash, hash_domain: public.users.email}", "or drop/replace it") {
+		t.Fatalf("unconfigured view:\n%s", strings.Join(probs, "\n"))
+	}
+	if !findLine(probs, "view public.named reads encrypted column public.users.email", "{column: mail, blind_index: email_hash, hash_domain: public.users.email}", "exposing public.users's blind index email_hash") {
+		t.Fatalf("renamed column:\n%s", strings.Join(probs, "\n"))
+	}
+	if findLine(probs, "public.named reads encrypted column public.users.full_name") || !findLine(notes, "view public.named reads encrypted column public.users.full_name other than as one of its columns") {
+		t.Fatalf("column read in WHERE:\n%s\nnotes:\n%s", strings.Join(probs, "\n"), strings.Join(notes, "\n"))
+	}
+
+	view := config.Table{Table: "user_emails", Schema: "public", Name: "user_emails", Columns: []config.Column{
+		{Column: "email", BlindIndex: "email_hash", HashDomain: "public.users.email"}}}
+	named := config.Table{Table: "named", Schema: "public", Name: "named", Columns: []config.Column{
+		{Column: "mail", HashDomain: "public.users.email"}}}
+	probs, notes = shapeOf(t, pool, usersTable, view)
+	if findLine(probs, "user_emails") || findLine(probs, "does not exist") {
+		t.Fatalf("configured view:\n%s", strings.Join(probs, "\n"))
+	}
+	if !findLine(notes, "public.user_emails is a view: pgveil backfill, reencrypt, rehash, decrypt and verify skip it and work on public.users") {
+		t.Fatalf("notes:\n%s", strings.Join(notes, "\n"))
+	}
+	// The default hash domain of the view is not the base table's.
+	view.Columns[0].HashDomain = "public.user_emails.email"
+	probs, _ = shapeOf(t, pool, usersTable, view)
+	if !findLine(probs, "hash_domain of public.user_emails.email is public.user_emails.email but that of public.users.email", "set hash_domain: public.users.email on public.user_emails.email") {
+		t.Fatalf("wrong domain:\n%s", strings.Join(probs, "\n"))
+	}
+	view.Columns[0].HashDomain = "public.users.email"
+	// A view column left unsearchable while its base column is searchable.
+	probs, _ = shapeOf(t, pool, usersTable, view, named)
+	if !findLine(probs, "public.named.mail has no blind_index but public.users.email, which it shows, has email_hash") {
+		t.Fatalf("unsearchable view column:\n%s", strings.Join(probs, "\n"))
+	}
+	// A view configured over a table that is not.
+	probs, _ = shapeOf(t, pool, view)
+	if !findLine(probs, "column public.user_emails.email is encrypted but public.users.email, which it shows, is not configured", "configure public.users.email too") {
+		t.Fatalf("unconfigured base:\n%s", strings.Join(probs, "\n"))
+	}
+
+	// The data commands work on the base table and skip the view.
+	var out bytes.Buffer
+	j := &Job{Op: OpEncrypt, Tables: []config.Table{usersTable, view}, Keys: testKeyring(t), Sanitize: true, BatchSize: 10, Out: &out}
+	if _, err := j.Run(ctxT(t), pool); err != nil || !strings.Contains(out.String(), "user_emails: skipped: table public.user_emails is a view") {
+		t.Fatalf("backfill with a view: %v\n%s", err, out.String())
+	}
+	j = &Job{Op: OpEncrypt, Tables: []config.Table{view}, Keys: testKeyring(t), BatchSize: 10}
+	_, err := j.Run(ctxT(t), pool)
+	var se *SchemaError
+	if !errors.As(err, &se) || !errors.Is(err, ErrView) || !strings.Contains(se.Fix, "run them on public.users") {
+		t.Fatalf("backfill of a view alone: %v", err)
+	}
+	if _, err := j.Verify(ctxT(t), pool); !errors.Is(err, ErrView) {
+		t.Fatalf("verify of a view alone: %v", err)
+	}
+}
+
+// TestSchemaServerCode: triggers, rules and functions that use a configured
+// table are notes: pgveil cannot encrypt what they write.
+func TestSchemaServerCode(t *testing.T) {
+	pool := testDB(t, 1, `;CREATE TABLE signup (id bigint, email text);
+		CREATE FUNCTION copy_user() RETURNS trigger LANGUAGE plpgsql AS $$
+			BEGIN INSERT INTO public.Users (id, email) VALUES (NEW.id, NEW.email); RETURN NEW; END $$;
+		CREATE TRIGGER signup_copy AFTER INSERT ON signup FOR EACH ROW EXECUTE FUNCTION copy_user();
+		CREATE FUNCTION lower_email() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.email := lower(NEW.email); RETURN NEW; END $$;
+		CREATE TRIGGER users_lower BEFORE INSERT ON users FOR EACH ROW EXECUTE FUNCTION lower_email();
+		CREATE TABLE inbox (id bigint, email text);
+		CREATE RULE to_users AS ON INSERT TO inbox DO INSTEAD INSERT INTO users (id, email) VALUES (NEW.id, NEW.email);
+		CREATE FUNCTION find_user(e text) RETURNS bigint LANGUAGE sql AS $$ SELECT id FROM users WHERE email = e $$;
+		CREATE TABLE users_archive (id bigint);
+		CREATE FUNCTION archive() RETURNS void LANGUAGE sql AS $$ DELETE FROM users_archive $$;
+		CREATE FUNCTION count_people() RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT count(*) FROM public.users; END`)
+	probs, notes := shapeOf(t, pool, usersTable)
+	if len(probs) != 0 {
+		t.Fatalf("problems:\n%s", strings.Join(probs, "\n"))
+	}
+	for _, want := range [][]string{
+		{"trigger signup_copy on public.signup runs function public.copy_user(), which uses configured table public.users", "pgveil cannot encrypt values written by server-side code"},
+		{"trigger users_lower on configured table public.users runs function public.lower_email()", "tokens"},
+		{"rule to_users on public.inbox acts on configured table public.users", "pgveil cannot encrypt values written by server-side code"},
+		{"function public.find_user(e text) uses configured table public.users"},
+		{"function public.count_people() uses configured table public.users"}, // SQL-standard body: by its dependencies
+	} {
+		if !findLine(notes, want...) {
+			t.Fatalf("no note %q:\n%s", want, strings.Join(notes, "\n"))
+		}
+	}
+	if findLine(notes, "archive()") || strings.HasPrefix(strings.Join(notes, "\n"), "function public.copy_user") || strings.Contains(strings.Join(notes, "\n"), "\nfunction public.copy_user") {
+		t.Fatalf("unexpected notes:\n%s", strings.Join(notes, "\n"))
 	}
 }

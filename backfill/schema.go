@@ -37,6 +37,10 @@ type SchemaPlan struct {
 	Problems []Problem
 	// Notes say what is deliberately left for later and when to come back.
 	Notes []string
+	// Info is what pgveil cannot do for the schema as it is and no later
+	// run changes: a configured view is backfilled through its base table,
+	// server-side code (triggers, rules, functions) writes around pgveil.
+	Info []string
 }
 
 // Problem is something check found, with its fix.
@@ -113,7 +117,11 @@ type index struct {
 }
 
 type tableState struct {
-	exists  bool
+	exists bool
+	oid    uint32
+	// kind is pg_class.relkind: r (table), p (partitioned table), v
+	// (view) or m (materialized view).
+	kind    string
 	schema  string
 	name    string
 	attrs   map[string]attr
@@ -130,8 +138,8 @@ type tableState struct {
 func inspect(ctx context.Context, q querier, t config.Table) (*tableState, error) {
 	st := &tableState{schema: schemaOf(t), name: nameOf(t), attrs: map[string]attr{}, byNum: map[int16]string{}, unfilled: map[string]bool{}, hashed: map[string]bool{}}
 	var oid uint32
-	err := q.QueryRow(ctx, `SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, st.schema, st.name).Scan(&oid)
+	err := q.QueryRow(ctx, `SELECT c.oid, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'v', 'm')`, st.schema, st.name).Scan(&oid, &st.kind)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return st, nil
 	}
@@ -139,6 +147,7 @@ func inspect(ctx context.Context, q querier, t config.Table) (*tableState, error
 		return nil, fmt.Errorf("pgveil: looking up table %s.%s: %w", st.schema, st.name, err)
 	}
 	st.exists = true
+	st.oid = oid
 	rows, err := q.Query(ctx, `SELECT a.attname, a.attnum, format_type(a.atttypid, a.atttypmod), t.typname, a.atttypmod,
 			coalesce(pg_get_expr(d.adbin, d.adrelid), ''), a.attgenerated <> ''
 		FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
@@ -161,6 +170,11 @@ func inspect(ctx context.Context, q querier, t config.Table) (*tableState, error
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
+	}
+	if st.view() {
+		// A view has no index and no rows of its own: the base table's
+		// are checked there.
+		return st, nil
 	}
 	rows, err = q.Query(ctx, `SELECT c.relname, am.amname, i.indisunique, i.indisprimary, i.indisvalid, i.indkey::int2[],
 			i.indpred IS NOT NULL, i.indexprs IS NOT NULL, coalesce(k.conname, '')
@@ -211,6 +225,9 @@ func inspect(ctx context.Context, q querier, t config.Table) (*tableState, error
 	}
 	return st, nil
 }
+
+// view reports whether the relation is a view or a materialized view.
+func (st *tableState) view() bool { return st.kind == "v" || st.kind == "m" }
 
 // holdsTokens reports whether a column of this type holds any token.
 func (a attr) holdsTokens() bool {
@@ -267,6 +284,9 @@ func plan(st *tableState, t config.Table) SchemaPlan {
 		p.Problems = append(p.Problems, Problem{What: "table " + full + " does not exist",
 			Fix: "create it, or fix tables[].table in the config (schema-qualified if not in public)"})
 		return p
+	}
+	if st.view() {
+		return planView(st, t)
 	}
 	hasPK := false
 	for _, ix := range st.indexes {
@@ -435,6 +455,31 @@ func plan(st *tableState, t config.Table) SchemaPlan {
 	return p
 }
 
+// planView checks a configured view: its configured columns and their
+// blind-index columns must be columns of the view. Keys, indexes and types
+// belong to its base table (see checkShapes for how the view and its base
+// table must agree); there is no DDL to plan.
+func planView(st *tableState, t config.Table) SchemaPlan {
+	full := st.schema + "." + st.name
+	var p SchemaPlan
+	for _, c := range t.Columns {
+		if _, ok := st.attrs[c.Column]; !ok {
+			p.Problems = append(p.Problems, Problem{What: "column " + full + "." + c.Column + " does not exist (" + full + " is a view)",
+				Fix: "fix tables[].columns[].column in the config, or recreate the view with the column"})
+			continue
+		}
+		if c.Searchable() {
+			if _, ok := st.attrs[c.BlindIndex]; !ok {
+				p.Problems = append(p.Problems, Problem{
+					What: fmt.Sprintf("blind index column %s of %s.%s is not a column of view %s: lookups through the view need it", c.BlindIndex, full, c.Column, full),
+					Fix:  fmt.Sprintf("recreate the view with its base table's blind index column as %s (CREATE OR REPLACE VIEW can add it as the last column)", c.BlindIndex),
+				})
+			}
+		}
+	}
+	return p
+}
+
 // createIndexSQL is CREATE [UNIQUE] INDEX CONCURRENTLY IF NOT EXISTS; tail,
 // when set, replaces " (cols)".
 func createIndexSQL(unique bool, name, table, cols, tail string) string {
@@ -514,6 +559,7 @@ func containsAttr(keys []int16, n int16) bool {
 // later run.
 func PlanSchema(ctx context.Context, pool *pgxpool.Pool, tables []config.Table) (*SchemaPlan, error) {
 	out := &SchemaPlan{}
+	var rels []*relation
 	for _, t := range tables {
 		st, err := inspect(ctx, pool, t)
 		if err != nil {
@@ -523,7 +569,16 @@ func PlanSchema(ctx context.Context, pool *pgxpool.Pool, tables []config.Table) 
 		out.Statements = append(out.Statements, p.Statements...)
 		out.Problems = append(out.Problems, p.Problems...)
 		out.Notes = append(out.Notes, p.Notes...)
+		if st.exists {
+			rels = append(rels, &relation{cfg: t, st: st})
+		}
 	}
+	probs, info, err := checkShapes(ctx, pool, rels)
+	if err != nil {
+		return nil, err
+	}
+	out.Problems = append(out.Problems, probs...)
+	out.Info = append(out.Info, info...)
 	return out, nil
 }
 
@@ -544,7 +599,8 @@ func CheckSchema(ctx context.Context, pool *pgxpool.Pool, tables []config.Table)
 		}
 		probs = append(probs, Problem{What: s.Why, Fix: "pgveil schema --apply (runs: " + s.SQL + ")"})
 	}
-	return append(probs, p.Problems...), append(notes, p.Notes...), nil
+	notes = append(append(notes, p.Notes...), p.Info...)
+	return append(probs, p.Problems...), notes, nil
 }
 
 // WriteStatements prints statements as a SQL script.

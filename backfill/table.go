@@ -17,6 +17,10 @@ import (
 // primary key: batches are cut by primary key, so such a table is refused.
 var ErrNoPrimaryKey = errors.New("pgveil: table has no primary key")
 
+// ErrView is wrapped by the error for a configured view: the data commands
+// work on its base table, never through a view.
+var ErrView = errors.New("pgveil: configured relation is a view")
+
 // SchemaError is a configured table or column the database does not have,
 // or one the data commands cannot work on. It is a configuration problem
 // (exit 2), with the fix in Hint.
@@ -25,7 +29,7 @@ type SchemaError struct {
 	Column string // "" for the table itself
 	Reason string
 	Fix    string
-	Err    error // ErrNoPrimaryKey or nil
+	Err    error // ErrNoPrimaryKey, ErrView or nil
 }
 
 func (e *SchemaError) Error() string {
@@ -127,14 +131,31 @@ func loadTable(ctx context.Context, q querier, t config.Table) (*tableInfo, erro
 		full:    schema + "." + name,
 	}
 	var oid uint32
-	err := q.QueryRow(ctx, `SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, schema, name).Scan(&oid)
+	var kind string
+	err := q.QueryRow(ctx, `SELECT c.oid, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'v', 'm')`, schema, name).Scan(&oid, &kind)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, &SchemaError{Table: ti.full, Reason: "does not exist in the database",
 			Fix: "create it, or fix the table name in the config (tables[].table, schema-qualified if not in public)"}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("pgveil: looking up table %s: %w", ti.full, err)
+	}
+	if kind == "v" || kind == "m" {
+		// Rows live in the base table: encrypting through a view would
+		// need the view to be updatable and would leave rows it does not
+		// show.
+		base := "its base table"
+		if bases, err := viewBases(ctx, q, oid); err == nil && len(bases) > 0 {
+			base = strings.Join(bases, ", ")
+		}
+		what := "a view"
+		if kind == "m" {
+			what = "a materialized view"
+		}
+		return nil, &SchemaError{Table: ti.full, Err: ErrView,
+			Reason: "is " + what + ": the data commands (backfill, reencrypt, rehash, decrypt, verify) work on tables, never through a view",
+			Fix:    "run them on " + base + " (configured with the same columns and hash_domain); with other tables it is skipped"}
 	}
 
 	rows, err := q.Query(ctx, `SELECT a.attname, format_type(a.atttypid, a.atttypmod)

@@ -101,11 +101,11 @@ func (j *Job) Verify(ctx context.Context, pool *pgxpool.Pool) (*Report, error) {
 	j.defaults()
 	fps := j.Keys.KeyFingerprints()
 	rep := &Report{OK: true, PrimaryKey: fps[0], FallbackKeys: append([]string{}, fps[1:]...), HashKey: j.Keys.HashKeyFingerprint(), MaxSize: j.MaxSize}
-	for _, t := range j.Tables {
-		ti, err := loadTable(ctx, pool, t)
-		if err != nil {
-			return rep, err
-		}
+	infos, err := loadTables(ctx, pool, j.Tables, j.Out)
+	if err != nil {
+		return rep, err
+	}
+	for _, ti := range infos {
 		cols, err := j.verifyTable(ctx, pool, ti, fps)
 		if err != nil {
 			return rep, err

@@ -169,3 +169,19 @@ func buildCatalog(tables []config.Table, rows [][][]byte, generation uint64) *ca
 	cat.searchPath = rewrite.NewSearchPath(resolved)
 	return cat
 }
+
+// containsWordFold reports whether s holds word (lower case ASCII) as a
+// word, in any case.
+func containsWordFold(s, word string) bool {
+	for i := 0; i+len(word) <= len(s); i++ {
+		if (i == 0 || !isWordByte(s[i-1])) && strings.EqualFold(s[i:i+len(word)], word) &&
+			(i+len(word) == len(s) || !isWordByte(s[i+len(word)])) {
+			return true
+		}
+	}
+	return false
+}
+
+func isWordByte(c byte) bool {
+	return c == '_' || c >= '0' && c <= '9' || c|0x20 >= 'a' && c|0x20 <= 'z' || c >= 0x80
+}

@@ -12,6 +12,7 @@ import (
 	"math"
 	"net"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,6 +61,11 @@ type Session struct {
 	// sent, before the client hears it is done (see catalog.go): it may
 	// change how names without a schema resolve, or the schema. [client]
 	refreshAfter bool
+	queryMayCopy bool // [client] the Query just sent may start a COPY
+	// batchMayCopy: an Execute since the last Sync may have started a
+	// COPY; syncMayCopy: so had the batch the Sync just sent ended. [client]
+	batchMayCopy, syncMayCopy bool
+	reprepared                uint64 // [client] statements freshStatement prepared anew
 	// pathGen counts the statements that may have changed the session's
 	// resolution of names (pathDynamic catalogs); pathSeen is the count
 	// the newest reload saw; pathInTx: one ran in a transaction block not
@@ -168,6 +174,12 @@ type statement struct {
 	// src: what it was planned from, when a reload or a change of
 	// search_path may change its plan (freshStatement). [client]
 	src *stmtSource
+	// upstream is the name PostgreSQL knows the statement by when it is
+	// not the client's: freshStatement prepares a new plan under a name of
+	// pgveil's, leaving the client's statement as it was. [client]
+	upstream string
+	// mayCopy: its text may be a COPY (catalog reloads wait). [client]
+	mayCopy bool
 
 	rows      *rowInfo // [server] from the Describe reply
 	rowsKnown bool     // [server]
@@ -529,6 +541,7 @@ func (s *Session) onClientMessage(typ byte, nextErr error, busySince time.Durati
 	case 'C':
 		err = s.onClose()
 	case 'S':
+		s.syncMayCopy, s.batchMayCopy = s.batchMayCopy, false
 		// A Sync PostgreSQL ignores in COPY FROM STDIN ends no batch.
 		var n uint64
 		if n, err = s.forwardExpectN(expect{kind: expSync, sent: busySince}); n != 0 {
@@ -549,7 +562,9 @@ func (s *Session) onClientMessage(typ byte, nextErr error, busySince time.Durati
 		}
 	case 'F': // FunctionCall: a result, then ReadyForQuery
 		// It may call set_config: treated as changing
-		// standard_conforming_strings until its ReadyForQuery.
+		// standard_conforming_strings until its ReadyForQuery, and the
+		// search path.
+		s.changedPath()
 		if err = s.forwardExpect(expect{kind: expQuery, sent: busySince}); err == nil {
 			s.markSCSChange()
 		}
@@ -679,38 +694,68 @@ func (s *Session) plan(snap *Snapshot, sql string) (*rewrite.Plan, []rewrite.Lit
 // reload is still owed (later in the same Query or batch) is refused, since
 // it was planned with a resolution that may no longer hold.
 func (s *Session) followSearchPath(cat *catalog, plan *rewrite.Plan) *rewrite.Plan {
-	if plan.DDL {
-		// a table created or dropped may hide or show another of its
-		// name; rolled back, it is undone
-		s.refreshAfter = true
-		s.pathInTx.Store(true)
-		if cat.pathDynamic {
-			s.pathGen.Add(1)
-		}
+	// Planned before an earlier statement of this Query or batch changed
+	// what its names find (the reload that tells is still owed), or after
+	// one in its own text: refused.
+	if plan.Unqualified && s.pathSeen.Load() < s.pathGen.Load() ||
+		plan.UnqualifiedAfterDDL || cat.pathDynamic && plan.UnqualifiedAfterPathChange {
+		return &rewrite.Plan{Kind: rewrite.KindRefuse, Tables: plan.Tables, Refusal: staleRefusal(plan)}
 	}
-	if cat.pathDynamic && plan.SearchPathChange {
+	return plan
+}
+
+// ranPlan records what a statement about to run may change in the
+// catalog or the resolution of names: at a simple Query, at the Execute of
+// a prepared statement (its Parse ran nothing).
+func (s *Session) ranPlan(plan *rewrite.Plan) {
+	if plan.DDL {
+		// A table created or dropped may hide or show another of its
+		// name; rolled back, it is undone.
 		s.refreshAfter = true
 		s.pathInTx.Store(true)
 		s.pathGen.Add(1)
 	}
+	if plan.SearchPathChange {
+		s.changedPath()
+	}
 	if s.pathInTx.Load() {
 		s.refreshAfter = true
 	}
-	if cat.pathDynamic && plan.Unqualified && s.pathSeen.Load() < s.pathGen.Load() {
-		table := ""
-		if len(plan.Tables) > 0 {
-			table = plan.Tables[0]
-		}
-		return &rewrite.Plan{Kind: rewrite.KindRefuse, Tables: plan.Tables, Refusal: &rewrite.RefusalError{
-			Table:   table,
-			Op:      "statement",
-			Message: "pgveil: this statement names an encrypted table without its schema after a change of search_path, role or tables in the same Query or batch",
-			Hint:    "send the change as a statement of its own (or end the batch with Sync first), or qualify the table with its schema",
-			Reason:  rewrite.ReasonUnsupported,
-			Code:    "0A000",
-		}}
+}
+
+// stalePlan refuses a plan made for names without a schema while a reload
+// that may change what they find is still owed.
+func (s *Session) stalePlan(plan *rewrite.Plan) error {
+	if plan.Unqualified && s.pathSeen.Load() < s.pathGen.Load() {
+		return staleRefusal(plan)
 	}
-	return plan
+	return nil
+}
+
+func staleRefusal(plan *rewrite.Plan) *rewrite.RefusalError {
+	table := ""
+	if len(plan.Tables) > 0 {
+		table = plan.Tables[0]
+	}
+	return &rewrite.RefusalError{
+		Table:   table,
+		Op:      "statement",
+		Message: "pgveil: this statement names an encrypted table without its schema after a change of search_path, role or tables in the same Query or batch",
+		Hint:    "send the change as a statement of its own (or end the batch with Sync first), or qualify the table with its schema",
+		Reason:  rewrite.ReasonUnsupported,
+		Code:    "0A000",
+	}
+}
+
+// changedPath records a statement that may have changed how names without
+// a schema resolve.
+func (s *Session) changedPath() {
+	if !s.cat.Load().pathDynamic {
+		return
+	}
+	s.refreshAfter = true
+	s.pathInTx.Store(true)
+	s.pathGen.Add(1)
 }
 
 // afterStatement marks the end of one client message's handling. A
@@ -718,11 +763,30 @@ func (s *Session) followSearchPath(cat *catalog, plan *rewrite.Plan) *rewrite.Pl
 // followed at once by a catalog reload, when the message ends a Query or a
 // batch; the reload's ReadyForQuery stands for the statement's, so a client
 // that waits for it plans its next statement with the new catalog.
+//
+// Never while PostgreSQL may be in COPY FROM STDIN, which would take the
+// query for a protocol violation: after a Query that may start a COPY the
+// reload waits for the client's CopyDone or CopyFail (or the next
+// statement), and after a Sync for the expect queue's word (mayCopy).
 func (s *Session) afterStatement(typ byte) {
-	if s.refreshAfter && (typ == 'Q' || typ == 'S' || typ == 'F') && !s.inBatch && s.copyIn == nil {
-		s.refreshAfter = false
-		s.injectCatalogReload(true)
+	if !s.refreshAfter || s.inBatch || s.copyIn != nil {
+		return
 	}
+	switch typ {
+	case 'Q':
+		if s.queryMayCopy {
+			return
+		}
+	case 'S':
+		if s.syncMayCopy {
+			return
+		}
+	case 'F', 'c', 'f':
+	default:
+		return
+	}
+	s.refreshAfter = false
+	s.injectCatalogReload(true)
 }
 
 func (s *Session) countOutcome(plan *rewrite.Plan, refused error) {
@@ -768,6 +832,12 @@ func (s *Session) onQuery(sent time.Duration) error {
 	plan, lits, err := s.plan(snap, sql)
 	if err != nil {
 		return s.raiseQuery(nil, err)
+	}
+	if plan.Kind != rewrite.KindRefuse {
+		s.ranPlan(plan)
+	}
+	if s.refreshAfter {
+		s.queryMayCopy = containsWordFold(sql, "copy")
 	}
 	switch plan.Kind {
 	case rewrite.KindRefuse:
@@ -941,7 +1011,7 @@ func (s *Session) onParse() error {
 		s.stmts.del(p.Name)
 		return s.raiseExtended(plan.Refusal)
 	case rewrite.KindPassthrough:
-		st := &statement{name: p.Name, plan: plan, clientParams: -1, scs: scsEffect(p.Query)}
+		st := &statement{name: p.Name, plan: plan, clientParams: -1, scs: scsEffect(p.Query), mayCopy: containsWordFold(p.Query, "copy")}
 		st.src = s.sourceOf(snap, plan, p.Query, p.ParameterOIDs)
 		u := s.setStatement(p.Name, st)
 		if len(plan.Tables) == 0 && !plan.DDL && !plan.Unqualified && !plan.SearchPathChange && len(body) <= 4096 {
@@ -958,6 +1028,7 @@ func (s *Session) onParse() error {
 		return s.raiseExtended(err)
 	}
 	st.src = s.sourceOf(snap, plan, p.Query, p.ParameterOIDs)
+	st.mayCopy = plan.Copy != nil || containsWordFold(p.Query, "copy")
 	u := s.setStatement(p.Name, st)
 	s.encBuf = frame
 	return s.send(expect{kind: expParse, stmt: st, undo: u}, frame)
@@ -1062,25 +1133,34 @@ func (s *Session) freshStatement(st *statement) (*statement, error) {
 		st.src = fresh
 		return st, nil
 	}
+	// Prepared under a name of pgveil's: the client's statement stays as it
+	// was upstream, so a Parse PostgreSQL refuses (or skips) leaves it
+	// usable, as PostgreSQL's own re-planning would. A name of pgveil's
+	// from an earlier re-plan is closed after the new Parse (skipped with
+	// it if that fails).
+	s.reprepared++
+	upstream := "pgveil_" + strconv.FormatUint(s.reprepared, 10)
 	var ns *statement
 	var frame []byte
 	if plan.Kind == rewrite.KindPassthrough {
 		ns = &statement{name: st.name, plan: plan, clientParams: -1, scs: st.scs}
-		frame, err = (&pgproto3.Parse{Name: st.name, Query: src.query, ParameterOIDs: src.oids}).Encode(nil)
+		frame, err = (&pgproto3.Parse{Name: upstream, Query: src.query, ParameterOIDs: src.oids}).Encode(nil)
 	} else {
-		ns, frame, err = s.upstreamParse(nil, s.snap, st.name, src.query, src.oids, plan, lits)
+		ns, frame, err = s.upstreamParse(nil, s.snap, upstream, src.query, src.oids, plan, lits)
 	}
 	if err != nil {
 		return nil, err
 	}
-	ns.src = fresh
-	closeFrame, _ := (&pgproto3.Close{ObjectType: 'S', Name: st.name}).Encode(nil)
-	if err := s.send(expect{kind: expClose, drop: true}, closeFrame); err != nil {
+	ns.name, ns.src, ns.upstream, ns.mayCopy = st.name, fresh, upstream, st.mayCopy
+	up := s.setStatement(st.name, ns)
+	if err := s.send(expect{kind: expParse, stmt: ns, drop: true, undo: up}, frame); err != nil {
 		return nil, err
 	}
-	u := s.setStatement(st.name, ns)
-	if err := s.send(expect{kind: expParse, stmt: ns, drop: true, undo: u}, frame); err != nil {
-		return nil, err
+	if st.upstream != "" {
+		closeFrame, _ := (&pgproto3.Close{ObjectType: 'S', Name: st.upstream}).Encode(nil)
+		if err := s.send(expect{kind: expClose, drop: true}, closeFrame); err != nil {
+			return nil, err
+		}
 	}
 	if s.lastParse != nil && s.lastParse.stmt == st {
 		s.lastParse = nil
@@ -1154,6 +1234,12 @@ func (s *Session) onBind() error {
 		}
 		st = fresh
 	}
+	if st != nil {
+		if err := s.stalePlan(st.plan); err != nil {
+			s.portals.del(portalName)
+			return s.raiseExtended(err)
+		}
+	}
 	var pt *portal
 	if old := s.portals.unnamed; portalName == "" && old != nil && s.evented && s.q.answered(old.owedThrough) {
 		// Every reply owed for the old unnamed portal has arrived, so no
@@ -1166,12 +1252,21 @@ func (s *Session) onBind() error {
 		pt = &portal{stmt: st}
 	}
 	s.portals.set(portalName, pt)
-	if st == nil || st.plan.Kind != rewrite.KindRewrite || (len(st.plan.ClientParams) == 0 && len(st.plan.Hidden) == 0) {
+	renamed := st != nil && st.upstream != ""
+	if !renamed && (st == nil || st.plan.Kind != rewrite.KindRewrite || (len(st.plan.ClientParams) == 0 && len(st.plan.Hidden) == 0)) {
 		return s.sendAsIs(expect{kind: expBind}, 'B', body)
 	}
 	b := &s.bindMsg
 	if !b.decode(body) {
 		return &fatalError{&pgError{code: codeProtocolViolation, msg: "pgveil: malformed Bind message"}}
+	}
+	if renamed {
+		b.stmt = []byte(st.upstream)
+		if st.plan.Kind != rewrite.KindRewrite || (len(st.plan.ClientParams) == 0 && len(st.plan.Hidden) == 0) {
+			frame := b.appendTo(s.encBuf[:0], b.formats, b.params)
+			s.encBuf = frame
+			return s.send(expect{kind: expBind}, frame)
+		}
 	}
 	frame, err := s.transformBind(s.encBuf[:0], st, b)
 	if err != nil {
@@ -1195,8 +1290,21 @@ func (s *Session) onDescribe() error {
 	if body[0] == 'S' {
 		e.kind = expDescribeStmt
 		e.stmt = s.stmts.get(name)
+		if e.stmt != nil && e.stmt.src != nil {
+			s.snapshot()
+			fresh, err := s.freshStatement(e.stmt)
+			if err != nil {
+				return s.raiseExtended(err)
+			}
+			e.stmt = fresh
+		}
 		if e.stmt != nil {
 			e.stmt.described = true
+			if e.stmt.upstream != "" {
+				frame, _ := (&pgproto3.Describe{ObjectType: 'S', Name: e.stmt.upstream}).Encode(s.encBuf[:0])
+				s.encBuf = frame
+				return s.send(e, frame)
+			}
 		}
 	} else {
 		e.portal = s.portals.get(name)
@@ -1217,6 +1325,12 @@ func (s *Session) onExecute() error {
 		return &fatalError{&pgError{code: codeProtocolViolation, msg: "pgveil: malformed Execute message"}}
 	}
 	pt := s.portals.get(name)
+	if pt != nil && pt.stmt != nil && !s.failedBatch {
+		s.ranPlan(pt.stmt.plan)
+	}
+	if pt == nil || pt.stmt == nil || pt.stmt.mayCopy {
+		s.batchMayCopy = true
+	}
 	if !s.failedBatch {
 		// Statements are counted per execution, by what their plan does.
 		if pt != nil && pt.stmt != nil {
@@ -1257,6 +1371,13 @@ func (s *Session) onClose() error {
 	if len(body) >= 2 {
 		name, _, _ := cstring(body[1:])
 		if body[0] == 'S' {
+			if st := s.stmts.get(name); st != nil && st.upstream != "" {
+				// pgveil's own name for its newer plan goes with it
+				closeFrame, _ := (&pgproto3.Close{ObjectType: 'S', Name: st.upstream}).Encode(nil)
+				if err := s.send(expect{kind: expClose, drop: true}, closeFrame); err != nil {
+					return err
+				}
+			}
 			e.undo = s.setStatement(name, nil)
 		} else {
 			s.portals.del(name)

@@ -116,9 +116,11 @@ type analyzer struct {
 	// sp resolves table names written without a schema (nil: public);
 	// unqualified and searchPath become Plan.Unqualified and
 	// Plan.SearchPathChange.
-	sp          *SearchPath
-	unqualified bool
-	searchPath  bool
+	sp           *SearchPath
+	unqualified  bool
+	searchPath   bool
+	unqAfterDDL  bool
+	unqAfterPath bool
 }
 
 // table finds the configured table a name in the statement refers to: with
@@ -175,7 +177,17 @@ func (r *Rules) analyze(sql, key string, lits []Literal, sp *SearchPath) (plan *
 		}
 	}()
 	for _, raw := range tree.Stmts {
+		// A statement that names a configured table without its schema
+		// after one that may change what such a name finds (in the same
+		// text, planned before either runs).
+		ddl, path, unq := a.ddl, a.searchPath, a.unqualified
+		a.unqualified = false
 		outs, unknown, rows := a.stmt(raw.Stmt, nil)
+		if a.unqualified {
+			a.unqAfterDDL = a.unqAfterDDL || ddl
+			a.unqAfterPath = a.unqAfterPath || path
+		}
+		a.unqualified = a.unqualified || unq
 		if rows {
 			a.results = nil
 			for i, o := range outs {
@@ -221,6 +233,7 @@ func (r *Rules) refusePlan(e *RefusalError, a *analyzer) *Plan {
 		p.Tables = sortedKeys(a.tables)
 		p.DDL = a.ddl
 		p.Unqualified, p.SearchPathChange = a.unqualified, a.searchPath
+		p.UnqualifiedAfterDDL, p.UnqualifiedAfterPathChange = a.unqAfterDDL, a.unqAfterPath
 	}
 	if e.Table != "" && !contains(p.Tables, e.Table) {
 		p.Tables = append(p.Tables, e.Table)
@@ -2691,7 +2704,8 @@ func (a *analyzer) copyStmt(s *pg.CopyStmt, parent *scope) {
 
 func (a *analyzer) finish() *Plan {
 	p := &Plan{Kind: KindPassthrough, NumClientParams: a.maxClient, Tables: sortedKeys(a.tables), DDL: a.ddl,
-		Unqualified: a.unqualified, SearchPathChange: a.searchPath}
+		Unqualified: a.unqualified, SearchPathChange: a.searchPath,
+		UnqualifiedAfterDDL: a.unqAfterDDL, UnqualifiedAfterPathChange: a.unqAfterPath}
 	p.Results = a.results
 	p.Copy = a.copy
 	if !a.work && len(a.results) == 0 {

@@ -107,6 +107,11 @@ type Plan struct {
 	// Unqualified is true when the text names a configured table without
 	// its schema: the plan holds only for the SearchPath it was made with.
 	Unqualified bool
+	// UnqualifiedAfterDDL and UnqualifiedAfterPathChange: a statement of
+	// the text names a configured table without its schema after another
+	// of the text that is DDL, or that may change the search path. Both
+	// were planned before either ran, with what the name found before.
+	UnqualifiedAfterDDL, UnqualifiedAfterPathChange bool
 }
 
 // CopyPlan describes a COPY on a configured table.

@@ -138,7 +138,11 @@ func Compile(tables []config.Table, opts Options) (*Rules, error) {
 // searchPathWords are words of the statements that may change which table
 // a name without a schema resolves to (see Plan.SearchPathChange): the skip
 // scan lets them through to the analyzer, which tells.
-var searchPathWords = []string{"search_path", "role", "authorization", "reset", "discard"}
+//
+// set_config may be given its setting name as a parameter, and a schema
+// created, dropped or renamed may hide or show a table of a configured
+// name without naming it.
+var searchPathWords = []string{"search_path", "role", "authorization", "reset", "discard", "set_config", "schema"}
 
 // addWord adds a word to the skip scan.
 func (r *Rules) addWord(w string) {

@@ -75,6 +75,7 @@ func TestSearchPathChange(t *testing.T) {
 		{`SELECT pg_catalog.set_config('search_path', 'app', false)`, true},
 		{`SELECT set_config('role', 'x', true), email FROM users`, true},
 		{`SET search_path = app; INSERT INTO accounts (secret) VALUES ('s')`, true},
+		{`SELECT set_config($1, $2, false)`, true},
 		{`DISCARD PLANS`, false},
 		{`RESET work_mem`, false},
 		{`SET work_mem = '64MB'`, false},
@@ -115,5 +116,33 @@ func TestSearchPathCache(t *testing.T) {
 	app.SearchPath = nil
 	if p, _, _, _ := rw.PlanScratch(strings.Replace(sql, "'s'", "'t'", 1), &app); p.Kind != KindPassthrough {
 		t.Fatalf("stale memo: %d", p.Kind)
+	}
+}
+
+// A statement naming a configured table without its schema after DDL or a
+// change of search path in the same text is marked: it was planned with
+// what the name found before either ran.
+func TestSearchPathAfterChange(t *testing.T) {
+	r := searchPathRules(t)
+	for _, c := range []struct {
+		sql        string
+		ddl, path  bool
+		unqualfied bool
+	}{
+		{`CREATE TABLE app.items (id int); INSERT INTO accounts (secret) VALUES ('s')`, true, false, true},
+		{`DROP SCHEMA staging CASCADE; INSERT INTO users (email) VALUES ('e')`, true, false, true},
+		{`SET search_path = app; INSERT INTO accounts (secret) VALUES ('s')`, false, true, true},
+		{`INSERT INTO accounts (secret) VALUES ('s'); SET search_path = app`, false, false, true},
+		{`CREATE TEMP TABLE users (email text)`, false, false, true},
+		{`CREATE TABLE app.items (id int); INSERT INTO app.accounts (secret) VALUES ('s')`, false, false, false},
+		{`SET search_path = app; SELECT 1`, false, false, false},
+	} {
+		p, _, err := r.Analyze(c.sql)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.UnqualifiedAfterDDL != c.ddl || p.UnqualifiedAfterPathChange != c.path || p.Unqualified != c.unqualfied {
+			t.Errorf("%s: after DDL %v, after path %v, unqualified %v", c.sql, p.UnqualifiedAfterDDL, p.UnqualifiedAfterPathChange, p.Unqualified)
+		}
 	}
 }

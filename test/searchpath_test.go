@@ -20,6 +20,7 @@ CREATE TABLE app.accounts (id serial PRIMARY KEY, secret text);
 GRANT USAGE ON SCHEMA app TO veil_app;
 GRANT ALL ON ALL TABLES IN SCHEMA app TO veil_app;
 GRANT ALL ON ALL SEQUENCES IN SCHEMA app TO veil_app;
+ALTER TABLE app.accounts OWNER TO veil_app;
 `
 
 // storedSecrets returns what the database holds in schema.accounts.
@@ -76,7 +77,23 @@ func TestCatalogSearchPath(t *testing.T) {
 		mustExec(t, d, "SET search_path = app")
 		mustExec(t, d, "INSERT INTO accounts (secret) VALUES ($1)", "s-after-set")
 		assertTokens(t, "app.accounts", storedSecrets(t, p, "app"), 3)
-		assertNoPlaintext(t, p, "s-param", "s-literal", "s-nowhere", "s-after-set")
+		// DDL and a statement on the table in one Query: the statement was
+		// planned before the DDL ran (here: the table it finds is new).
+		_, err = d.Exec(ctx, "CREATE TABLE public.accounts (id serial, secret text); INSERT INTO accounts (secret) VALUES ('s-same-query')", pgx.QueryExecModeSimpleProtocol)
+		if sqlState(err) != "0A000" {
+			t.Fatalf("DDL and INSERT in one Query: %v", err)
+		}
+		// A COPY after DDL in a transaction (a migration script): the
+		// catalog reload waits for the end of the COPY.
+		mustExec(t, d, "BEGIN")
+		mustExec(t, d, "ALTER TABLE app.accounts ADD COLUMN note text")
+		if _, err := d.PgConn().CopyFrom(ctx, strings.NewReader("copied\n"), "COPY public.plain_notes (body) FROM STDIN"); err != nil {
+			t.Fatalf("COPY after DDL in a transaction: %v", err)
+		}
+		mustExec(t, d, "INSERT INTO accounts (secret) VALUES ($1)", "s-in-migration")
+		mustExec(t, d, "COMMIT")
+		assertTokens(t, "app.accounts", storedSecrets(t, p, "app"), 4)
+		assertNoPlaintext(t, p, "s-param", "s-literal", "s-nowhere", "s-after-set", "s-same-query", "s-in-migration")
 	})
 
 	t.Run("dynamic", func(t *testing.T) {
@@ -124,13 +141,47 @@ func TestCatalogSearchPath(t *testing.T) {
 		// set at connection
 		o := p.Conn(t, "search_path", "app")
 		mustExec(t, o, "INSERT INTO accounts (secret) VALUES ($1)", "app-5")
+		// set_config with its setting name as a parameter
+		mustExec(t, o, "SELECT set_config($1, $2, false)", "search_path", "public")
+		mustExec(t, o, "INSERT INTO accounts (secret) VALUES ($1)", "public-5")
+		mustExec(t, o, "SELECT set_config($1, $2, false)", "search_path", "app")
+		mustExec(t, o, "INSERT INTO accounts (secret) VALUES ($1)", "app-6")
+		// A schema dropped stops hiding the configured table, without
+		// naming it.
+		su := p.Direct(t)
+		mustExec(t, su, "CREATE SCHEMA staging; CREATE TABLE staging.accounts (id serial, secret text); GRANT USAGE ON SCHEMA staging TO veil_app; GRANT ALL ON ALL TABLES IN SCHEMA staging TO veil_app; GRANT ALL ON ALL SEQUENCES IN SCHEMA staging TO veil_app")
+		mustExec(t, o, "SET search_path = staging, app")
+		mustExec(t, o, "INSERT INTO accounts (secret) VALUES ($1)", "staging-1")
+		mustExec(t, su, "ALTER SCHEMA staging OWNER TO veil_app; ALTER TABLE staging.accounts OWNER TO veil_app")
+		mustExec(t, o, "DROP SCHEMA staging CASCADE")
+		mustExec(t, o, "INSERT INTO accounts (secret) VALUES ($1)", "app-7")
 
-		assertTokens(t, "app.accounts", storedSecrets(t, p, "app"), 4)
+		// A statement prepared by name, re-planned after a change of path
+		// PostgreSQL then refuses (a failed transaction), still works once
+		// the transaction is over, as it does straight on PostgreSQL.
+		n := p.Conn(t)
+		if _, err := n.Prepare(ctx, "ins", "INSERT INTO accounts (secret) VALUES ($1)"); err != nil {
+			t.Fatal(err)
+		}
+		mustExec(t, n, "SET search_path = app, public")
+		mustExec(t, n, "BEGIN")
+		if _, err := n.Exec(ctx, "SELECT 1/0"); sqlState(err) != "22012" {
+			t.Fatal(err)
+		}
+		if _, err := n.Exec(ctx, "ins", "app-refused-in-failed-tx"); sqlState(err) != "25P02" {
+			t.Fatalf("in a failed transaction: %v", err)
+		}
+		mustExec(t, n, "ROLLBACK")
+		mustExec(t, n, "ins", "app-8")
+		mustExec(t, n, "SET search_path = public")
+		mustExec(t, n, "ins", "public-6")
+
+		assertTokens(t, "app.accounts", storedSecrets(t, p, "app"), 7)
 		pub := storedSecrets(t, p, "public")
-		if strings.Join(pub, ",") != "public-1,public-2,public-3,public-4" {
+		if strings.Join(pub, ",") != "public-1,public-2,public-3,public-4,public-5,public-6" {
 			t.Fatalf("public.accounts holds %q", pub)
 		}
-		assertNoPlaintext(t, p, "app-1", "app-2", "app-3", "app-5", "app-refused")
+		assertNoPlaintext(t, p, "app-1", "app-2", "app-3", "app-5", "app-6", "app-7", "app-8", "app-refused", "app-refused-in-failed-tx")
 	})
 
 	t.Run("temporary table", func(t *testing.T) {

@@ -409,10 +409,16 @@ func runSchema(ctx context.Context, e *env, args []string) int {
 		for _, n := range plan.Notes {
 			fmt.Fprintf(e.stdout, "-- later: %s\n", n)
 		}
+		for _, n := range plan.Info {
+			fmt.Fprintf(e.stdout, "-- note: %s\n", n)
+		}
 	}
 	stmts := plan.Statements
 	if len(stmts) == 0 {
 		if len(plan.Notes) == 0 {
+			for _, n := range plan.Info {
+				fmt.Fprintf(e.stdout, "-- note: %s\n", n)
+			}
 			fmt.Fprintln(e.stdout, "-- pgveil schema: the database already has everything the config needs")
 		} else {
 			fmt.Fprintln(e.stdout, "-- pgveil schema: nothing to apply now")
