@@ -720,13 +720,7 @@ func copyOutAllColumns(cp *rewrite.CopyPlan, cat *catalog) []string {
 // pgveil appended to the COPY's column list, so the client sees the column
 // count (and formats) of its own COPY. [server]
 func (s *Session) onCopyInResponse() error {
-	e, _ := s.q.peek()
-	var plan *rewrite.Plan
-	if e.kind == expQuery {
-		plan = e.plan
-	} else if e.portal != nil && e.portal.stmt != nil {
-		plan = e.portal.stmt.plan
-	}
+	plan := s.frontPlan()
 	if plan == nil || plan.Copy == nil || !plan.Copy.In || len(plan.Copy.HashFrom) == 0 {
 		return s.ur.forward(s.cw)
 	}

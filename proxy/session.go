@@ -1705,13 +1705,7 @@ func (s *Session) onServerMessage(st *serverState, typ byte) error {
 		s.forwardServerFrame('S', body)
 		return nil
 	case 'H': // CopyOutResponse
-		e, _ := s.q.peek()
-		var plan *rewrite.Plan
-		if e.kind == expQuery {
-			plan = e.plan
-		} else if e.portal != nil && e.portal.stmt != nil {
-			plan = e.portal.stmt.plan
-		}
+		plan := s.frontPlan()
 		if plan != nil && plan.Copy != nil && !plan.Copy.In {
 			st.copyOut = newCopyOutState(plan.Copy, s)
 		}
@@ -1820,6 +1814,19 @@ func (s *Session) forwardRaised() error {
 	}
 	er.Where = ""
 	return s.writeErrorResponse(&er)
+}
+
+// frontPlan returns the plan of the statement the oldest entry answers
+// (a Query, or the Execute of a portal), nil if none. [server]
+func (s *Session) frontPlan() *rewrite.Plan {
+	e, _ := s.q.peek()
+	if e.kind == expQuery {
+		return e.plan
+	}
+	if e.portal != nil && e.portal.stmt != nil {
+		return e.portal.stmt.plan
+	}
+	return nil
 }
 
 // writeErrorResponse sends the client an ErrorResponse pgveil made or

@@ -854,29 +854,16 @@ func (a *analyzer) encryptedRefs(t *tableRule, n *pg.Node, what string) {
 	if n == nil {
 		return
 	}
-	var walk func(m protoreflect.Message)
-	walk = func(m protoreflect.Message) {
+	walkNodes(n.ProtoReflect(), func(m protoreflect.Message) bool {
 		if cr, ok := m.Interface().(*pg.ColumnRef); ok {
 			f := fieldNames(cr)
 			if c := t.cols[f[len(f)-1]]; c != nil {
 				a.refuseCol(c, what, ReasonUnsupported, "PostgreSQL would compare ciphertext and keep the constants unencrypted in its catalog")
 			}
-			return
+			return false
 		}
-		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-			if fd.Kind() == protoreflect.MessageKind && !fd.IsMap() {
-				if fd.IsList() {
-					for i := 0; i < v.List().Len(); i++ {
-						walk(v.List().Get(i).Message())
-					}
-				} else {
-					walk(v.Message())
-				}
-			}
-			return true
-		})
-	}
-	walk(n.ProtoReflect())
+		return true
+	})
 }
 
 func (a *analyzer) refuseColumnDefault(cr *colRule) {
@@ -938,29 +925,34 @@ func (a *analyzer) collectTables(m protoreflect.Message) {
 
 func (a *analyzer) touchesConfigured(m protoreflect.Message) bool {
 	found := false
-	var walk func(m protoreflect.Message)
-	walk = func(m protoreflect.Message) {
+	walkNodes(m, func(m protoreflect.Message) bool {
 		if rv, ok := m.Interface().(*pg.RangeVar); ok {
-			if a.table(rv.Schemaname, rv.Relname) != nil {
-				found = true
-			}
-			return
+			found = found || a.table(rv.Schemaname, rv.Relname) != nil
+			return false
 		}
-		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-			if fd.Kind() == protoreflect.MessageKind && !fd.IsMap() {
-				if fd.IsList() {
-					for i := 0; i < v.List().Len(); i++ {
-						walk(v.List().Get(i).Message())
-					}
-				} else {
-					walk(v.Message())
-				}
-			}
-			return !found
-		})
-	}
-	walk(m)
+		return !found
+	})
 	return found
+}
+
+// walkNodes calls visit for m and, while visit returns true, for every
+// message below it, depth first.
+func walkNodes(m protoreflect.Message, visit func(protoreflect.Message) bool) {
+	if !visit(m) {
+		return
+	}
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Kind() == protoreflect.MessageKind && !fd.IsMap() {
+			if fd.IsList() {
+				for i := 0; i < v.List().Len(); i++ {
+					walkNodes(v.List().Get(i).Message(), visit)
+				}
+			} else {
+				walkNodes(v.Message(), visit)
+			}
+		}
+		return true
+	})
 }
 
 func (a *analyzer) with(w *pg.WithClause, sc *scope) {
