@@ -160,28 +160,13 @@ func (s *Session) scsRefusal(snap *Snapshot, sql string) error {
 // bytes '_', '&' and ';', which it finds with strings.IndexByte.
 func scsEffect(sql string) uint8 {
 	var eff uint8
-	for i := strings.IndexByte(sql, '_'); i >= 0; {
-		if wordBefore(sql, i, "standard") && hasPrefixFold(sql[i+1:], "conforming_strings") ||
-			wordBefore(sql, i, "set") && hasPrefixFold(sql[i+1:], "config") {
-			eff |= scsSets
-			break
-		}
-		j := strings.IndexByte(sql[i+1:], '_')
-		if j < 0 {
-			break
-		}
-		i += 1 + j
-	}
-	for i := strings.IndexByte(sql, '&'); i >= 0; {
-		if i > 0 && sql[i-1]|0x20 == 'u' && i+1 < len(sql) && sql[i+1] == '"' {
-			eff |= scsSets
-			break
-		}
-		j := strings.IndexByte(sql[i+1:], '&')
-		if j < 0 {
-			break
-		}
-		i += 1 + j
+	if anyByteAt(sql, '_', func(i int) bool {
+		return wordBefore(sql, i, "standard") && hasPrefixFold(sql[i+1:], "conforming_strings") ||
+			wordBefore(sql, i, "set") && hasPrefixFold(sql[i+1:], "config")
+	}) || anyByteAt(sql, '&', func(i int) bool {
+		return i > 0 && sql[i-1]|0x20 == 'u' && i+1 < len(sql) && sql[i+1] == '"'
+	}) {
+		eff |= scsSets
 	}
 	for rest := sql; ; {
 		switch w := firstWord(rest); {
@@ -196,6 +181,21 @@ func scsEffect(sql string) uint8 {
 		}
 		rest = rest[j+1:]
 	}
+}
+
+// anyByteAt reports whether f holds at some index of b in s.
+func anyByteAt(s string, b byte, f func(i int) bool) bool {
+	for i := strings.IndexByte(s, b); i >= 0; {
+		if f(i) {
+			return true
+		}
+		j := strings.IndexByte(s[i+1:], b)
+		if j < 0 {
+			return false
+		}
+		i += 1 + j
+	}
+	return false
 }
 
 // firstWord returns the ASCII word s starts with after white space,
