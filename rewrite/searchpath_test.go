@@ -80,6 +80,7 @@ func TestSearchPathChange(t *testing.T) {
 		{`RESET work_mem`, false},
 		{`SET work_mem = '64MB'`, false},
 		{`SELECT role FROM members`, false},
+		{`SELEC role FROM members`, false},
 		{`SELECT email FROM users`, false},
 	} {
 		p, _, err := r.Analyze(c.sql)
@@ -143,6 +144,23 @@ func TestSearchPathAfterChange(t *testing.T) {
 		}
 		if p.UnqualifiedAfterDDL != c.ddl || p.UnqualifiedAfterPathChange != c.path || p.Unqualified != c.unqualfied {
 			t.Errorf("%s: after DDL %v, after path %v, unqualified %v", c.sql, p.UnqualifiedAfterDDL, p.UnqualifiedAfterPathChange, p.Unqualified)
+		}
+	}
+}
+
+// A text the skip scan lets through only for a search-path word is not
+// refused for a syntax error pgveil's parser finds: PostgreSQL judges it.
+func TestSearchPathWordParseError(t *testing.T) {
+	r := searchPathRules(t)
+	for sql, want := range map[string]Kind{
+		`SELEC role FROM members`:      KindPassthrough,
+		`SELEC email FROM users`:       KindRefuse,
+		`RESET ALL ALL`:                KindPassthrough,
+		`SET search_path TO app users`: KindRefuse,
+	} {
+		p, _, err := r.Analyze(sql)
+		if err != nil || p.Kind != want {
+			t.Errorf("%s: kind %d, want %d (%v)", sql, p.Kind, want, err)
 		}
 	}
 }
