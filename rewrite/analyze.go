@@ -1981,10 +1981,43 @@ func (a *analyzer) colEquality(lcr *pg.ColumnRef, l colRes, rcr *pg.ColumnRef, r
 	a.addEdit(rs.lastStart, rs.lastEnd, txt(identText(r.enc.blind, rs.quotedLast)))
 }
 
+// checkOperandType raises PostgreSQL's error for a number compared
+// with an encrypted (text) column: text = integer has no operator, so
+// PostgreSQL refuses `email = 42` where the blind-index lookup pgveil would
+// make of it answers. A cast (`42::text`) or a quoted constant has one.
+func (a *analyzer) checkOperandType(v valRef, c *colRule, cs refSpan, lk lookupOp, form lookupForm) {
+	if v.kind != vLit || v.idx >= len(a.lits) {
+		return
+	}
+	t := constType(a.sql, a.lits[v.idx])
+	if t == ctString || strings.Trim(a.t[v.outerStart:v.innerStart], "( \t\r\n") != "" ||
+		strings.Trim(a.t[v.innerEnd:v.outerEnd], ") \t\r\n") != "" {
+		return
+	}
+	if form == lfAnyValue {
+		a.refuse(&RefusalError{Table: c.table.qname, Column: c.name, Op: "ANY", Reason: ReasonUnsupported, Code: codeWrongObjectType,
+			Message: "pgveil: op ANY/ALL (array) requires array on right side"})
+	}
+	op := "="
+	if lk == lkNe {
+		op = "<>"
+	}
+	left, right := "text", constTypeName(t)
+	if v.outerEnd <= cs.start {
+		left, right = right, left
+	}
+	a.refuse(&RefusalError{Table: c.table.qname, Column: c.name, Op: "operator", Reason: ReasonUnsupported, Code: codeUndefinedFunction,
+		Message: "pgveil: operator does not exist: " + left + " " + op + " " + right,
+		Hint:    "No operator matches the given name and argument types. You might need to add explicit type casts."})
+}
+
 // lookup replaces t[start:end] (a comparison of the encrypted column at cs
 // with vals) by the same comparison on the blind index.
 func (a *analyzer) lookup(res colRes, cs refSpan, lk lookupOp, form lookupForm, vals []valRef, start, end int) {
 	c := res.enc
+	for _, v := range vals {
+		a.checkOperandType(v, c, cs, lk, form)
+	}
 	hashCol := a.t[cs.start:cs.lastStart] + identText(c.blind, cs.quotedLast)
 	var ps []piece
 	if a.r.opts.HashFallbacks == 0 {

@@ -194,6 +194,7 @@ type planMemo struct {
 	sql   []byte // a copy
 	lits  []Literal
 	kinds []tokKind
+	types []byte // constType of each constant
 }
 
 // maxMemoSQL bounds the text a Scratch keeps for its memo.
@@ -208,17 +209,18 @@ func (m *planMemo) remember(r *Rewriter, sp *SearchPath, p *Plan, sql string, li
 	m.r, m.sp, m.plan = r, sp, p
 	m.sql = append(m.sql[:0], sql...)
 	m.lits = append(m.lits[:0], lits...)
-	m.kinds = m.kinds[:0]
+	m.kinds, m.types = m.kinds[:0], m.types[:0]
 	for _, l := range lits {
 		lx := lexer{s: sql, pos: l.Start}
 		m.kinds = append(m.kinds, lx.next().kind)
+		m.types = append(m.types, constType(sql, l))
 	}
 }
 
 // match reports whether sql is the memo's text with other constants: the
 // text between the constants is the same byte for byte, and at each
-// constant's place the lexer reads one constant of the same kind. The
-// lexer then reads sql exactly as it read the memo's text (it reads a
+// constant's place the lexer reads one constant of the same kind and type
+// (constType). The lexer then reads sql exactly as it read the memo's text (it reads a
 // token from where it starts, whatever came before), so scanConstants
 // would find these constants, the cache key would be the memo's and so
 // would the plan. It appends the constants' spans in sql to out.
@@ -236,7 +238,11 @@ func (m *planMemo) match(sql string, out []Literal) ([]Literal, bool) {
 		if t.kind != m.kinds[i] || t.end <= t.start {
 			return out, false
 		}
-		out = append(out, Literal{Start: t.start, End: t.end})
+		lit := Literal{Start: t.start, End: t.end}
+		if constType(sql, lit) != m.types[i] {
+			return out, false
+		}
+		out = append(out, lit)
 		pos, prev = t.end, ml.End
 	}
 	return out, sql[pos:] == string(msql[prev:])
@@ -278,6 +284,9 @@ func (r *Rewriter) PlanScratch(sql string, sc *Scratch) (*Plan, []Literal, Cache
 	normLen := len(kb)
 	kb = append(kb, 0)
 	kb = strconv.AppendInt(kb, int64(len(lits)), 10)
+	// `email = 42` has no operator in PostgreSQL, `email = '42'` has one:
+	// constants of other types than string are part of the key.
+	kb = appendConstTypes(kb, sql, lits)
 	if sp != nil {
 		// another session's resolution of unqualified names, another plan
 		kb = append(kb, 0)

@@ -53,3 +53,54 @@ func TestParenthesizedValues(t *testing.T) {
 		checkPlanInvariants(t, sql, sql, p, lits)
 	}
 }
+
+// `email = '42'` and `email = 42` normalize to one text, but PostgreSQL has
+// no operator text = integer: the second must get PostgreSQL's error
+// whichever of them the cache (or a session's memo) saw first.
+func TestCacheKeyConstantTypes(t *testing.T) {
+	texts := []struct {
+		sql  string
+		code string // "" for a rewrite
+	}{
+		{"SELECT id FROM users WHERE email = '42'", ""},
+		{"SELECT id FROM users WHERE email = 42", "42883"},
+		{"SELECT id FROM users WHERE email = 4200000000", "42883"},
+		{"SELECT id FROM users WHERE email = 4.2", "42883"},
+		{"SELECT id FROM users WHERE email = E'4'", ""},
+		{"SELECT id FROM users WHERE email = B'101'", "0A000"},
+		{"SELECT id FROM users WHERE email = '43'", ""},
+	}
+	rules := mustRules(t, Options{})
+	for first := range texts {
+		r := New(rules, 64)
+		var sc Scratch
+		for i := range texts {
+			c := texts[(first+i)%len(texts)]
+			for _, scratch := range []*Scratch{nil, &sc} {
+				p, _, _, err := r.PlanScratch(c.sql, scratch)
+				if err != nil {
+					t.Fatal(err)
+				}
+				switch {
+				case c.code == "" && p.Kind != KindRewrite:
+					t.Errorf("%s (first %s): %v %v, want a rewrite", c.sql, texts[first].sql, p.Kind, p.Refusal)
+				case c.code != "" && (p.Kind != KindRefuse || p.Refusal.SQLState() != c.code):
+					t.Errorf("%s (first %s): %v %v, want %s", c.sql, texts[first].sql, p.Kind, p.Refusal, c.code)
+				}
+			}
+		}
+	}
+}
+
+func TestConstType(t *testing.T) {
+	for s, want := range map[string]byte{
+		"'x'": ctString, "E'x'": ctString, "N'x'": ctString, "$$x$$": ctString, "U&'x'": ctString,
+		"B'1'": ctBit, "X'1F'": ctBit, "0": ctInteger, "2147483647": ctInteger, "002147483647": ctInteger,
+		"2147483648": ctBigint, "9223372036854775807": ctBigint, "9223372036854775808": ctNumeric,
+		"1.5": ctNumeric, ".5": ctNumeric, "1e3": ctNumeric, "1_000": ctNumeric,
+	} {
+		if got := constType(s, Literal{Start: 0, End: len(s)}); got != want {
+			t.Errorf("constType(%s) = %c, want %c", s, got, want)
+		}
+	}
+}

@@ -6,6 +6,11 @@ import "fmt"
 const (
 	CodeFeatureNotSupported = "0A000" // operation unsupported on an encrypted column
 	CodeSyntaxError         = "42601" // a statement touching a configured table that pgveil cannot parse
+
+	// PostgreSQL's own errors, for statements PostgreSQL would refuse
+	// where pgveil's rewrite of them would run.
+	codeUndefinedFunction = "42883" // `email = 42`: no operator text = integer
+	codeWrongObjectType   = "42809" // `email = ANY(42)`: ANY wants an array
 )
 
 // Refusal reasons (RefusalError.Reason), a closed set usable as metric labels.

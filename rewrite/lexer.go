@@ -937,3 +937,71 @@ func decodeUnicode(s string) ([]byte, error) {
 	}
 	return out, nil
 }
+
+// Constant types, as PostgreSQL gives them to a constant with no cast:
+// what decides whether `col = <constant>` has an operator at all (text =
+// integer has none), so plans keyed by the normalized text also key on
+// them (see constTypes).
+const (
+	ctString  byte = 's' // '...', E'...', U&'...', $$...$$ (unknown), N'...' (bpchar)
+	ctBit     byte = 'b' // B'...', X'...'
+	ctInteger byte = 'i' // digits that fit int4
+	ctBigint  byte = 'l' // digits that fit int8
+	ctNumeric byte = 'n' // any other number
+)
+
+// constType returns the type PostgreSQL gives the constant sql[l.Start:l.End].
+func constType(sql string, l Literal) byte {
+	s := sql[l.Start:l.End]
+	switch c := s[0]; {
+	case c == 'b' || c == 'B' || c == 'x' || c == 'X':
+		return ctBit
+	case c == '.':
+		return ctNumeric
+	case !isDigit(c):
+		return ctString
+	}
+	for i := 0; i < len(s); i++ {
+		if !isDigit(s[i]) {
+			return ctNumeric
+		}
+	}
+	for len(s) > 1 && s[0] == '0' {
+		s = s[1:]
+	}
+	switch {
+	case len(s) < 10 || len(s) == 10 && s <= "2147483647":
+		return ctInteger
+	case len(s) < 19 || len(s) == 19 && s <= "9223372036854775807":
+		return ctBigint
+	}
+	return ctNumeric
+}
+
+// constTypeName names a constant type in PostgreSQL's error messages.
+func constTypeName(t byte) string {
+	switch t {
+	case ctBit:
+		return "bit"
+	case ctInteger:
+		return "integer"
+	case ctBigint:
+		return "bigint"
+	case ctNumeric:
+		return "numeric"
+	}
+	return "unknown"
+}
+
+// appendConstTypes appends the types of lits that are not strings, each
+// with its index, to a cache key: "" when every constant is a string (the
+// common case costs one byte test per constant).
+func appendConstTypes(dst []byte, sql string, lits []Literal) []byte {
+	for i, l := range lits {
+		if t := constType(sql, l); t != ctString {
+			dst = append(dst, t)
+			dst = strconv.AppendInt(dst, int64(i), 10)
+		}
+	}
+	return dst
+}

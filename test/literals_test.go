@@ -419,3 +419,51 @@ func TestEncryptionParamTypes(t *testing.T) {
 	}
 	assertNoPlaintext(t, p, "binary text SCS", "binary varchar", "binary unspecified", "bpchar text", "bpchar binary", "pad@x.io")
 }
+
+// TestEncryptionNumberComparedWithColumn: PostgreSQL has no operator text =
+// integer, so `email = 42` is an error (42883), not a lookup of the text
+// "42"; through pgveil it is the same error (pgveil raises it, its message
+// says so), whichever form of the
+// statement pgveil planned first (its plan cache keys statements by their
+// text with the constants cut out), and the connection stays usable.
+func TestEncryptionNumberComparedWithColumn(t *testing.T) {
+	p := startProxy(t, proxyOpts{schema: appSchema})
+	ctx := context.Background()
+	direct := p.Direct(t)
+	if _, err := direct.Exec(ctx, "CREATE TABLE plain_users (id int, email text)"); err != nil {
+		t.Fatal(err)
+	}
+	c := p.Conn(t)
+	if err := simpleExec(c, "INSERT INTO users (email) VALUES (42)"); err != nil {
+		t.Fatalf("a number assigned to an encrypted column is stored as its text in PostgreSQL: %v", err)
+	}
+	var stored string
+	if err := direct.QueryRow(ctx, "SELECT email FROM users WHERE email_hash IS NOT NULL ORDER BY id DESC LIMIT 1").Scan(&stored); err != nil || !strings.HasPrefix(stored, "gAAAAA") {
+		t.Fatalf("stored %q (%v), want a token", stored, err)
+	}
+	for _, tc := range []struct{ where, code string }{
+		{"email = '42'", ""},
+		{"email = 42", "42883"},
+		{"42 <> email", "42883"},
+		{"email IN ('42', 4.5)", "42883"},
+		{"email = 42::text", ""},
+		{"email = '42'", ""},
+	} {
+		want := simpleExec(direct, "SELECT id FROM plain_users WHERE "+tc.where)
+		if sqlState(want) != tc.code {
+			t.Fatalf("direct %s: %v, want %q", tc.where, want, tc.code)
+		}
+		var n int
+		err := c.QueryRow(ctx, "SELECT count(*) FROM users WHERE "+tc.where, pgx.QueryExecModeSimpleProtocol).Scan(&n)
+		if sqlState(err) != tc.code {
+			t.Fatalf("through pgveil %s: %v, want %q", tc.where, err, tc.code)
+		}
+		if tc.code == "" && n != 1 {
+			t.Fatalf("through pgveil %s: %d rows, want 1", tc.where, n)
+		}
+		if tc.code != "" && pgMessage(err) != "pgveil: "+strings.TrimPrefix(pgMessage(want), "ERROR: ") {
+			t.Fatalf("through pgveil %s: %q, PostgreSQL says %q", tc.where, pgMessage(err), pgMessage(want))
+		}
+	}
+	mustBeUsable(t, c)
+}
