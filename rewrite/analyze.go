@@ -2172,7 +2172,9 @@ func (a *analyzer) insert(s *pg.InsertStmt, parent *scope) ([]outCol, bool) {
 	if sel != nil {
 		plain := len(sel.ValuesLists) > 0 && (sel.Op == pg.SetOperation_SETOP_NONE || sel.Op == pg.SetOperation_SET_OPERATION_UNDEFINED) &&
 			sel.WithClause == nil && len(sel.SortClause) == 0 && sel.LimitCount == nil && sel.LimitOffset == nil
-		if !plain {
+		if !plain && a.insertFromValues(s, t, sel, encAt, blindAt) {
+			// SQLAlchemy 2's ordered bulk insert, handled
+		} else if !plain {
 			for i := range s.Cols {
 				if cr := encAt[i]; cr != nil {
 					a.refuseCol(cr, "INSERT ... SELECT into an encrypted column", ReasonInsertSelect,
@@ -2244,6 +2246,239 @@ func (a *analyzer) insert(s *pg.InsertStmt, parent *scope) ([]outCol, bool) {
 	}
 	a.onConflict(s.OnConflictClause, &scope{parent: sc, rtes: []*rte{target, {name: "excluded", table: t}}}, t)
 	return a.targets(s.ReturningList, &scope{parent: sc, rtes: []*rte{target}})
+}
+
+// insertFromValues handles the INSERT ... SELECT whose source is a VALUES
+// list, as SQLAlchemy 2 writes an ORM bulk insert whose RETURNING rows must
+// come back in the order of the objects (insertmanyvalues with
+// sort_by_parameter_order):
+//
+//	INSERT INTO users (email, name) SELECT p0::VARCHAR, p1::VARCHAR
+//	FROM (VALUES ('a@x', 'A', 0), ('b@x', 'B', 1)) AS imp_sen(p0, p1, sen_counter)
+//	ORDER BY sen_counter RETURNING users.id, users.id AS id__1
+//
+// Each encrypted column must be selected as a column of the VALUES list
+// (cast at most to text or varchar) that nothing else uses; its values in
+// the rows are encrypted where they stand, and each blind index becomes one
+// more column of the VALUES list (pgveil_h0, ...), holding the hashes and
+// selected first. It reports false, having changed nothing, for any other
+// shape: the caller refuses it as an INSERT ... SELECT.
+func (a *analyzer) insertFromValues(s *pg.InsertStmt, t *tableRule, sel *pg.SelectStmt, encAt, blindAt map[int]*colRule) bool {
+	if len(encAt) == 0 || len(blindAt) > 0 || s.OnConflictClause != nil ||
+		!(sel.Op == pg.SetOperation_SETOP_NONE || sel.Op == pg.SetOperation_SET_OPERATION_UNDEFINED) ||
+		len(sel.TargetList) != len(s.Cols) || len(sel.FromClause) != 1 || sel.WhereClause != nil ||
+		len(sel.GroupClause) > 0 || sel.HavingClause != nil || len(sel.DistinctClause) > 0 || len(sel.WindowClause) > 0 ||
+		sel.LimitCount != nil || sel.LimitOffset != nil || sel.WithClause != nil || len(sel.LockingClause) > 0 || sel.IntoClause != nil {
+		return false
+	}
+	rs := sel.FromClause[0].GetRangeSubselect()
+	if rs == nil || rs.Lateral || rs.Alias == nil || len(rs.Alias.Colnames) == 0 {
+		return false
+	}
+	vsel := rs.Subquery.GetSelectStmt()
+	if vsel == nil || len(vsel.ValuesLists) == 0 || vsel.WithClause != nil || len(vsel.SortClause) > 0 ||
+		vsel.LimitCount != nil || vsel.LimitOffset != nil {
+		return false
+	}
+	alias := rs.Alias.Aliasname
+	cols := make([]string, len(rs.Alias.Colnames))
+	for i, n := range rs.Alias.Colnames {
+		cols[i] = n.GetString_().GetSval()
+	}
+	// aliasCol is the VALUES column a reference names, or -1.
+	aliasCol := func(n *pg.Node) int {
+		cr := n.GetColumnRef()
+		if cr == nil || len(cr.Fields) == 0 || len(cr.Fields) > 2 {
+			return -1
+		}
+		if len(cr.Fields) == 2 && cr.Fields[0].GetString_().GetSval() != alias {
+			return -1
+		}
+		name := cr.Fields[len(cr.Fields)-1].GetString_()
+		if name == nil {
+			return -1
+		}
+		for i, c := range cols {
+			if c == name.GetSval() {
+				return i
+			}
+		}
+		return -1
+	}
+	// The select list: encrypted targets are (cast) VALUES columns, the
+	// others a VALUES column under any cast, or a constant.
+	encCol := map[int]*colRule{} // VALUES column -> the encrypted column it fills
+	var plainRefs []int
+	for i, item := range sel.TargetList {
+		v := item.GetResTarget().GetVal()
+		cast := v.GetTypeCast()
+		inner := v
+		if cast != nil {
+			inner = cast.Arg
+		}
+		j := aliasCol(inner)
+		cr := encAt[i]
+		if cr == nil {
+			switch {
+			case j >= 0:
+				plainRefs = append(plainRefs, j)
+			case inner.GetAConst() == nil:
+				return false
+			}
+			continue
+		}
+		if j < 0 || encCol[j] != nil {
+			return false
+		}
+		if cast != nil {
+			tn := cast.TypeName
+			if tn == nil || len(tn.Names) == 0 || len(tn.Typmods) > 0 || len(tn.ArrayBounds) > 0 || tn.Setof || tn.PctType {
+				return false
+			}
+			if name := tn.Names[len(tn.Names)-1].GetString_().GetSval(); name != "text" && name != "varchar" {
+				return false
+			}
+		}
+		encCol[j] = cr
+	}
+	for _, sb := range sel.SortClause {
+		j := aliasCol(sb.GetSortBy().GetNode())
+		if j < 0 {
+			return false
+		}
+		plainRefs = append(plainRefs, j)
+	}
+	for _, j := range plainRefs {
+		if encCol[j] != nil {
+			return false
+		}
+	}
+	// Where to add the blind indexes: before the first listed column,
+	// before the first selected value, at the end of the VALUES list's
+	// column names and of every row.
+	first := int(sel.TargetList[0].GetResTarget().Location)
+	from := a.wordAtDepth0(first, "from")
+	if from < 0 {
+		return false
+	}
+	open := a.nextSig(from)
+	if a.tokText(open) != "(" {
+		return false
+	}
+	subClose := a.scanClose(open.end)
+	if subClose < 0 {
+		return false
+	}
+	tk := a.nextSig(subClose + 1)
+	if strings.EqualFold(a.tokText(tk), "as") {
+		tk = a.nextSig(tk.end)
+	}
+	if tk.kind != tkIdent && tk.kind != tkQIdent || identValue(a.tokText(tk)) != alias {
+		return false
+	}
+	namesOpen := a.nextSig(tk.end)
+	if a.tokText(namesOpen) != "(" {
+		return false
+	}
+	namesClose := a.scanClose(namesOpen.end)
+	rowCloses := a.valuesRows(open.start)
+	if namesClose < 0 || len(rowCloses) != len(vsel.ValuesLists) {
+		return false
+	}
+	for _, row := range vsel.ValuesLists {
+		if len(row.GetList().GetItems()) != len(cols) {
+			return false
+		}
+	}
+	// The shape holds: from here on, refusals are about the values.
+	type hashAdd struct {
+		c    *colRule
+		j    int
+		name string
+	}
+	var adds []hashAdd
+	seen := map[*colRule]bool{}
+	for i := range s.Cols {
+		cr := encAt[i]
+		if cr == nil || cr.blind == "" || seen[cr] {
+			continue
+		}
+		seen[cr] = true
+		for j, c := range encCol {
+			if c == cr {
+				adds = append(adds, hashAdd{cr, j, "pgveil_h" + strconv.Itoa(len(adds))})
+				break
+			}
+		}
+	}
+	vsc := &scope{}
+	for r, row := range vsel.ValuesLists {
+		items := row.GetList().GetItems()
+		vals := make([]valRef, len(items))
+		for j, item := range items {
+			cr := encCol[j]
+			if cr == nil {
+				a.expr(item, vsc, use{"a value", ReasonUnsupported})
+				continue
+			}
+			v, ok := a.value(item, false)
+			if !ok || v.kind == vDefault {
+				a.refuseCol(cr, "INSERT of an expression into an encrypted column", ReasonUnsupported,
+					"insert a literal, a parameter or NULL")
+			}
+			vals[j] = v
+			if v.kind == vParam || v.kind == vLit {
+				a.addEdit(v.innerStart, v.innerEnd, a.core(v, a.action(OpEncrypt, cr)))
+			}
+		}
+		var ps []piece
+		for _, h := range adds {
+			ps = append(ps, txt(", "), a.core(vals[h.j], a.action(OpHash, h.c)))
+		}
+		a.addEdit(rowCloses[r], rowCloses[r], ps...)
+	}
+	var listed, selected, names []piece
+	for _, h := range adds {
+		listed = append(listed, txt(identText(h.c.blind, false)+", "))
+		selected = append(selected, txt(identText(alias, false)+"."+h.name+", "))
+		names = append(names, txt(", "+h.name))
+	}
+	if len(adds) > 0 {
+		a.addEdit(int(s.Cols[0].GetResTarget().Location), int(s.Cols[0].GetResTarget().Location), listed...)
+		a.addEdit(first, first, selected...)
+		a.addEdit(namesClose, namesClose, names...)
+	}
+	return true
+}
+
+// wordAtDepth0 returns the end of the first keyword w after pos outside
+// parentheses, or -1.
+func (a *analyzer) wordAtDepth0(pos int, w string) int {
+	l := a.lexAt(pos)
+	depth := 0
+	for {
+		tk := l.next()
+		switch tk.kind {
+		case tkEOF:
+			return -1
+		case tkPunct:
+			switch a.t[tk.start] {
+			case '(', '[':
+				depth++
+			case ')', ']':
+				if depth == 0 {
+					return -1
+				}
+				depth--
+			case ';':
+				return -1
+			}
+		case tkIdent:
+			if depth == 0 && strings.EqualFold(a.tokText(tk), w) {
+				return tk.end
+			}
+		}
+	}
 }
 
 // blindValue handles a value the client writes to a blind-index column

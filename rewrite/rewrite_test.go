@@ -279,6 +279,19 @@ var cases = []rwCase{
 	{name: "probe/scalar_subquery_concat", sql: `SELECT (SELECT email FROM users WHERE id = 1) || ''`, want: "refuse 0A000"},
 	{name: "probe/scalar_subquery_coalesce", sql: `SELECT coalesce((SELECT email FROM users WHERE id = 1), 'x')`, want: "refuse 0A000"},
 	{name: "probe/array_subquery", sql: `SELECT array(SELECT email FROM users)`, want: "refuse 0A000"},
+	// SQLAlchemy 2's ORM bulk insert with RETURNING in parameter order
+	// (insertmanyvalues, sort_by_parameter_order): psycopg2 inlines the
+	// values, psycopg 3 and asyncpg send parameters.
+	{name: "sqla2/insertmanyvalues_sorted", sql: `INSERT INTO users (email, full_name, created_at) SELECT p0::VARCHAR, p1::VARCHAR, p2::TIMESTAMP WITHOUT TIME ZONE FROM (VALUES ('a@x.io', 'Ann', '2024-01-01 00:00:00', 0), ('b@x.io', 'Bob', '2024-01-02 00:00:00', 1)) AS imp_sen(p0, p1, p2, sen_counter) ORDER BY sen_counter RETURNING users.id, users.id AS id__1`, want: "rewrite"},
+	{name: "sqla2/insertmanyvalues_sorted_params", sql: `INSERT INTO users (email, full_name) SELECT p0::VARCHAR, p1::VARCHAR FROM (VALUES ($1::VARCHAR, $2::VARCHAR, 0), ($3::VARCHAR, $4::VARCHAR, 1)) AS imp_sen(p0, p1, sen_counter) ORDER BY sen_counter RETURNING users.id, users.id AS id__1`, want: "rewrite"},
+	{name: "sqla2/insertmanyvalues_sorted_returning_enc", sql: `INSERT INTO users (full_name, email) SELECT p0::VARCHAR, p1 FROM (VALUES ('Ann', 'a@x.io', 0)) AS imp_sen(p0, p1, sen_counter) ORDER BY sen_counter RETURNING users.id, users.email`, want: "rewrite"},
+	{name: "sqla2/insertmanyvalues_enc_col_twice", sql: `INSERT INTO users (email, full_name) SELECT p0::VARCHAR, p0::VARCHAR FROM (VALUES ('a@x.io', 0)) AS imp_sen(p0, sen_counter) ORDER BY sen_counter`, want: "refuse 0A000 insert_select"},
+	{name: "sqla2/insertmanyvalues_order_by_enc", sql: `INSERT INTO users (email) SELECT p0 FROM (VALUES ('a@x.io', 0)) AS imp_sen(p0, sen_counter) ORDER BY p0`, want: "refuse 0A000 insert_select"},
+	{name: "sqla2/insertmanyvalues_expr", sql: `INSERT INTO users (email) SELECT lower(p0) FROM (VALUES ('a@x.io', 0)) AS imp_sen(p0, sen_counter)`, want: "refuse 0A000 insert_select"},
+	{name: "sqla2/insertmanyvalues_varchar_n", sql: `INSERT INTO users (email) SELECT p0::VARCHAR(20) FROM (VALUES ('a@x.io', 0)) AS imp_sen(p0, sen_counter)`, want: "refuse 0A000 insert_select"},
+	{name: "sqla2/insertmanyvalues_value_expr", sql: `INSERT INTO users (email) SELECT p0 FROM (VALUES (lower('A@x.io'), 0)) AS imp_sen(p0, sen_counter)`, want: "refuse 0A000 unsupported"},
+	{name: "sqla2/insertmanyvalues_where", sql: `INSERT INTO users (email) SELECT p0 FROM (VALUES ('a@x.io', 0)) AS imp_sen(p0, sen_counter) WHERE sen_counter > 0`, want: "refuse 0A000 insert_select"},
+	{name: "sqla2/insertmanyvalues_no_blind", sql: `INSERT INTO users (full_name) SELECT p0::VARCHAR FROM (VALUES ('Ann', 0), ('Bob', 1)) AS imp_sen(p0, sen_counter) ORDER BY sen_counter`, want: "rewrite"},
 	// PostgreSQL has no operator text = integer: a bare number compared with
 	// an encrypted column is PostgreSQL's error, not a lookup of its text.
 	{name: "types/number_eq", sql: `SELECT id FROM users WHERE email = 42`, want: "refuse 42883 unsupported: pgveil: operator does not exist: text = integer"},

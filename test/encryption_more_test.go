@@ -216,3 +216,69 @@ func TestEncryptMigratingMode(t *testing.T) {
 		t.Fatalf("after XX001: %v", err)
 	}
 }
+
+// TestEncryptSQLAlchemy2SortedBulkInsert: SQLAlchemy 2's ORM flushes new
+// objects with an INSERT ... SELECT over a VALUES list, so that RETURNING
+// comes back in the objects' order (insertmanyvalues with
+// sort_by_parameter_order). psycopg2 sends it with the values inlined,
+// psycopg 3 and asyncpg with parameters (and casts). Through pgveil the
+// values are stored as tokens with their blind index, the ids come back in
+// order, and the rows are found by email.
+func TestEncryptSQLAlchemy2SortedBulkInsert(t *testing.T) {
+	p := startProxy(t, proxyOpts{})
+	ctx := context.Background()
+	db := p.Direct(t)
+	const inlined = `INSERT INTO users (email, full_name, age) SELECT p0::VARCHAR, p1::VARCHAR, p2::INTEGER FROM (VALUES ('sa0@x.io', 'SA Zero', 30, 0), ('sa1@x.io', 'SA O''One', 31, 1), ('sa2@x.io', NULL, 32, 2)) AS imp_sen(p0, p1, p2, sen_counter) ORDER BY sen_counter RETURNING users.id, users.id AS id__1`
+	const params = `INSERT INTO users (email, full_name, age) SELECT p0::VARCHAR, p1::VARCHAR, p2::INTEGER FROM (VALUES ($1::VARCHAR, $2::VARCHAR, $3::INTEGER, 0), ($4::VARCHAR, $5::VARCHAR, $6::INTEGER, 1)) AS imp_sen(p0, p1, p2, sen_counter) ORDER BY sen_counter RETURNING users.id, users.id AS id__1`
+	for _, tc := range []struct {
+		name   string
+		mode   pgx.QueryExecMode
+		sql    string
+		args   []any
+		emails []string
+		names  []any
+	}{
+		{"psycopg2 (inlined)", pgx.QueryExecModeSimpleProtocol, inlined, nil,
+			[]string{"sa0@x.io", "sa1@x.io", "sa2@x.io"}, []any{"SA Zero", "SA O'One", nil}},
+		{"psycopg 3 (parameters)", pgx.QueryExecModeCacheStatement, params,
+			[]any{"sa3@x.io", "SA Three", 33, "sa4@x.io", "SA Four", 34},
+			[]string{"sa3@x.io", "sa4@x.io"}, []any{"SA Three", "SA Four"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := connMode(t, p.DSN(pgtest.TrustUser), tc.mode)
+			rows, err := c.Query(ctx, tc.sql, tc.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (int64, error) {
+				var id, id1 int64
+				err := r.Scan(&id, &id1)
+				return id, err
+			})
+			if err != nil || len(ids) != len(tc.emails) {
+				t.Fatalf("RETURNING: %v %v", ids, err)
+			}
+			for i, email := range tc.emails {
+				if i > 0 && ids[i] <= ids[i-1] {
+					t.Errorf("ids out of order: %v", ids)
+				}
+				var id int64
+				var name *string
+				if err := c.QueryRow(ctx, "SELECT id, full_name FROM users WHERE email = $1", email).Scan(&id, &name); err != nil {
+					t.Fatalf("lookup %s: %v", email, err)
+				}
+				if id != ids[i] || (tc.names[i] == nil) != (name == nil) || name != nil && *name != tc.names[i] {
+					t.Errorf("%s: id %d name %v, want id %d name %v", email, id, name, ids[i], tc.names[i])
+				}
+				var stored, hash string
+				if err := db.QueryRow(ctx, "SELECT email, email_hash FROM users WHERE id = $1", ids[i]).Scan(&stored, &hash); err != nil {
+					t.Fatal(err)
+				}
+				if !strings.HasPrefix(stored, "gAAAAA") || len(hash) != 64 {
+					t.Errorf("stored %q / %q, want a token and a blind index", stored, hash)
+				}
+			}
+		})
+	}
+	assertNoPlaintext(t, p, "sa0@x.io", "sa1@x.io", "sa2@x.io", "sa3@x.io", "sa4@x.io", "SA Zero", "SA O'One", "SA Three", "SA Four")
+}
