@@ -303,7 +303,7 @@ func TestSchemaPlanIdempotent(t *testing.T) {
 		t.Fatal(err, p)
 	}
 	want := strings.Join([]string{
-		`ALTER TABLE "public"."users" ADD COLUMN IF NOT EXISTS "email_hash" text`,
+		`ALTER TABLE "public"."users" ADD COLUMN IF NOT EXISTS "email_hash" text COLLATE "C"`,
 		`CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "users_email_hash_key" ON "public"."users" ("email_hash")`,
 		`ALTER TABLE "public"."users" ALTER COLUMN "full_name" TYPE text USING "full_name"::text`,
 	}, "\n")
@@ -362,7 +362,7 @@ func TestSchemaMigrationIndex(t *testing.T) {
 		t.Fatal(err, p)
 	}
 	want := strings.Join([]string{
-		`ALTER TABLE "public"."users" ADD COLUMN IF NOT EXISTS "email_hash" text`,
+		`ALTER TABLE "public"."users" ADD COLUMN IF NOT EXISTS "email_hash" text COLLATE "C"`,
 		`CREATE INDEX CONCURRENTLY IF NOT EXISTS "users_email_hash_idx" ON "public"."users" ("email_hash")`,
 		`CREATE INDEX CONCURRENTLY IF NOT EXISTS "users_email_pgveil_migrating" ON "public"."users" USING hash ("email") WHERE "email_hash" IS NULL`,
 	}, "\n")

@@ -68,7 +68,9 @@ func GenericSchema(tables []config.Table) []Statement {
 				continue
 			}
 			out = append(out, Statement{
-				SQL: fmt.Sprintf("ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s text", q, quoteIdent(c.BlindIndex)),
+				SQL: fmt.Sprintf("ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s text COLLATE \"C\"", q, quoteIdent(c.BlindIndex)),
+				// COLLATE "C": hex compares byte by byte, and the index
+				// descends without the database locale's strcoll().
 				Why: fmt.Sprintf("blind index %s of %s.%s.%s", c.BlindIndex, schema, name, c.Column),
 			})
 			out = append(out, Statement{
@@ -341,7 +343,7 @@ func plan(st *tableState, t config.Table) SchemaPlan {
 		}
 		h, hok := st.attrs[c.BlindIndex]
 		if !hok {
-			p.Statements = append(p.Statements, Statement{SQL: fmt.Sprintf("ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s text", q, quoteIdent(c.BlindIndex)),
+			p.Statements = append(p.Statements, Statement{SQL: fmt.Sprintf("ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s text COLLATE \"C\"", q, quoteIdent(c.BlindIndex)),
 				Why: fmt.Sprintf("blind index column %s of %s.%s does not exist", c.BlindIndex, full, c.Column)})
 		} else if !h.holdsBlindIndex() {
 			p.Statements = append(p.Statements, Statement{SQL: fmt.Sprintf("ALTER TABLE %s ALTER COLUMN %s TYPE text USING %s::text", q, quoteIdent(c.BlindIndex), quoteIdent(c.BlindIndex)),

@@ -86,7 +86,7 @@ func TestAdminSchemaGeneric(t *testing.T) {
 	}
 	for _, want := range []string{
 		`ALTER TABLE "public"."users" ALTER COLUMN "email" TYPE text USING "email"::text;`,
-		`ALTER TABLE "public"."users" ADD COLUMN IF NOT EXISTS "email_hash" text;`,
+		`ALTER TABLE "public"."users" ADD COLUMN IF NOT EXISTS "email_hash" text COLLATE "C";`,
 		`CREATE INDEX CONCURRENTLY IF NOT EXISTS "users_email_hash_idx" ON "public"."users" ("email_hash");`,
 		`ALTER TABLE "app"."notes" ALTER COLUMN "body" TYPE text USING "body"::text;`,
 	} {
