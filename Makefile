@@ -6,6 +6,8 @@
 #   make demo    a throwaway PostgreSQL with pgveil in front (scripts/demo.sh;
 #                DEMO_ARGS=--once to stop after the walkthrough)
 #   make bench   benchmarks, written to docs/BENCHMARKS.md (scripts/bench.sh)
+#   make pgo     the benchmark workload, profiled into cmd/pgveil/default.pgo,
+#                which go build uses for profile-guided optimization
 #   make fuzz    every Fuzz target for FUZZTIME (default 10s)
 #   make lint    gofmt check and go vet (and staticcheck when installed)
 #   make fmt     gofmt -w
@@ -17,12 +19,14 @@ COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 FUZZTIME ?= 10s
 # -timeout is per test binary; the whole of make test stays well under 15 minutes.
-TESTFLAGS ?= -race -count=1 -timeout 14m
+# -pgo=off: cmd/pgveil/default.pgo is for the release binary; with it the
+# tests of cmd/pgveil would compile every dependency once more.
+TESTFLAGS ?= -race -count=1 -timeout 14m -pgo=off
 
 # cgo is required: pg_query compiles PostgreSQL's parser from C.
 export CGO_ENABLED := 1
 
-.PHONY: all build test test-short vet fuzz demo bench lint fmt fmt-check clean
+.PHONY: all build test test-short vet fuzz demo bench pgo lint fmt fmt-check clean
 
 all: build
 
@@ -61,6 +65,12 @@ demo:
 
 bench:
 	./scripts/bench.sh
+
+# A shorter run of the benchmark workload (plain and encrypted traffic,
+# both protocols), profiled; commit the default.pgo it writes.
+pgo:
+	BENCH_PGO_OUT=cmd/pgveil/default.pgo BENCH_ROUNDS=1 BENCH_OLTP_ROUNDS=2 \
+		BENCH_BACKFILL_ROWS=100000 ./scripts/bench.sh
 
 fmt:
 	gofmt -w $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.git/*')

@@ -32,6 +32,11 @@
 #   PGBIN                 PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
 #   PGBOUNCER             PgBouncer binary (default /usr/sbin/pgbouncer)
 #   PYTHON                Python with psycopg2 (default /usr/bin/python3)
+#   BENCH_PGO_OUT         profile instead of measure (make pgo): build pgveil
+#                         with -tags pgoprofile, have every pgveil serve write
+#                         a CPU profile, merge them into this file (the
+#                         profile-guided optimization input,
+#                         cmd/pgveil/default.pgo) and leave BENCH_OUT alone
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -41,6 +46,8 @@ PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 PGBOUNCER=${PGBOUNCER:-/usr/sbin/pgbouncer}
 PYTHON=${PYTHON:-/usr/bin/python3}
 OUT=${BENCH_OUT:-$ROOT/docs/BENCHMARKS.md}
+PGO_OUT=${BENCH_PGO_OUT:-}
+[ -z "$PGO_OUT" ] || PGO_OUT=$(realpath -m "$PGO_OUT")
 DURATION=${BENCH_DURATION:-10}
 ROUNDS=${BENCH_ROUNDS:-5}
 OLTP_DURATION=${BENCH_OLTP_DURATION:-5}
@@ -98,7 +105,7 @@ cleanup() {
 	for pid in "${PIDS_TO_KILL[@]}"; do
 		kill "$pid" 2>/dev/null
 	done
-	[ -n "$PGVEIL_PID" ] && kill "$PGVEIL_PID" 2>/dev/null && wait "$PGVEIL_PID" 2>/dev/null
+	[ -n "$PGVEIL_PID" ] && end_profile "$PGVEIL_PID" && kill "$PGVEIL_PID" 2>/dev/null && wait "$PGVEIL_PID" 2>/dev/null
 	[ -n "$BOUNCER_PID" ] && kill "$BOUNCER_PID" 2>/dev/null
 	if [ -n "$PG_STARTED" ]; then
 		as_service_user "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m immediate -w stop >/dev/null 2>&1
@@ -123,6 +130,25 @@ free_port() {
 
 fact() { printf '%s\t%s\n' "$1" "$2" >>"$FACTS"; }
 
+# Profiling (BENCH_PGO_OUT): profile_env sets PROF_ENV, the environment of
+# the next pgveil serve, which then profiles itself into a file of its own;
+# end_profile PID makes one write its profile before it is stopped.
+PROF_N=0
+PROF_ENV=()
+profile_env() {
+	PROF_ENV=()
+	if [ -n "$PGO_OUT" ]; then
+		PROF_N=$((PROF_N + 1))
+		PROF_ENV=("PGVEIL_CPUPROFILE=$WORK/cpu-$PROF_N.pprof")
+	fi
+}
+end_profile() {
+	if [ -n "$PGO_OUT" ] && kill -USR2 "$1" 2>/dev/null; then
+		sleep 0.5
+	fi
+	return 0
+}
+
 # cpu_ticks PID: utime+stime of a process (all its threads), in clock ticks.
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 now() { date +%s.%N; }
@@ -133,7 +159,11 @@ status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 # 1. Postgres, PgBouncer, pgveil
 
 log "building pgveil"
-go build -o "$WORK/pgveil" ./cmd/pgveil
+if [ -n "$PGO_OUT" ]; then
+	go build -tags pgoprofile -pgo=off -o "$WORK/pgveil" ./cmd/pgveil
+else
+	go build -o "$WORK/pgveil" ./cmd/pgveil # with cmd/pgveil/default.pgo, as make build
+fi
 go build -o "$WORK/relay" ./scripts/bench/relay
 PGVEIL=$WORK/pgveil
 
@@ -272,7 +302,8 @@ start_pgveil() {
 	# Its own session, as PgBouncer (a daemon) and Postgres (pg_ctl) have:
 	# with the kernel's autogroup scheduling each session gets an equal CPU
 	# share, so pgveil does not share one with the pgbench clients.
-	setsid "$PGVEIL" serve --config "$WORK/pgveil.yaml" >"$WORK/pgveil-$PGVEIL_STARTS.log" 2>&1 &
+	profile_env
+	setsid env "${PROF_ENV[@]}" "$PGVEIL" serve --config "$WORK/pgveil.yaml" >"$WORK/pgveil-$PGVEIL_STARTS.log" 2>&1 &
 	PGVEIL_PID=$!
 	for _ in $(seq 100); do
 		if "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$PGVEIL_PORT" -d "$ADMIN_DB" -Atc "SELECT 1" >/dev/null 2>&1; then
@@ -284,6 +315,7 @@ start_pgveil() {
 	die "pgveil did not accept connections"
 }
 stop_pgveil() {
+	end_profile "$PGVEIL_PID"
 	kill "$PGVEIL_PID" 2>/dev/null || true
 	wait "$PGVEIL_PID" 2>/dev/null || true
 	PGVEIL_PID=""
@@ -301,8 +333,9 @@ sed -i 's/^admin_listen: .*/admin_listen: "off"/' "$WORK/pgveil-fresh.yaml"
 printf 'proxy:\n  max_idle_upstreams: 0\n' >>"$WORK/pgveil-fresh.yaml"
 VEIL_FRESH_PID=""
 start_pgveil_fresh() {
-	[ -n "$VEIL_FRESH_PID" ] && { kill "$VEIL_FRESH_PID" 2>/dev/null; wait "$VEIL_FRESH_PID" 2>/dev/null; }
-	setsid "$PGVEIL" serve --config "$WORK/pgveil-fresh.yaml" >>"$WORK/pgveil-fresh.log" 2>&1 &
+	[ -n "$VEIL_FRESH_PID" ] && { end_profile "$VEIL_FRESH_PID"; kill "$VEIL_FRESH_PID" 2>/dev/null; wait "$VEIL_FRESH_PID" 2>/dev/null; }
+	profile_env
+	setsid env "${PROF_ENV[@]}" "$PGVEIL" serve --config "$WORK/pgveil-fresh.yaml" >>"$WORK/pgveil-fresh.log" 2>&1 &
 	VEIL_FRESH_PID=$!
 	PIDS_TO_KILL+=("$VEIL_FRESH_PID")
 	for _ in $(seq 100); do
@@ -691,6 +724,15 @@ fact clients "$CLIENTS"
 fact threads "$THREADS"
 fact scale "$SCALE"
 
+if [ -n "$PGO_OUT" ]; then
+	for pid in "$PGVEIL_PID" "$VEIL_FRESH_PID"; do
+		[ -n "$pid" ] && end_profile "$pid"
+	done
+	go tool pprof -proto "$WORK"/cpu-*.pprof >"$PGO_OUT.tmp" 2>"$WORK/pprof.log" || die "merging profiles: $(tail -n 3 "$WORK/pprof.log")"
+	mv "$PGO_OUT.tmp" "$PGO_OUT"
+	log "wrote $PGO_OUT from $PROF_N profiles ($(($(date +%s) - START_EPOCH)) s); $OUT unchanged"
+	exit 0
+fi
 mkdir -p "$(dirname "$OUT")"
 "$PYTHON" scripts/bench/report.py "$RESULTS" "$FACTS" "$WORK" >"$OUT.tmp"
 mv "$OUT.tmp" "$OUT"

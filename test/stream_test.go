@@ -24,7 +24,7 @@ import (
 func buildPlainPgveil(t testing.TB) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "pgveil")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/pgveil/pgveil/cmd/pgveil")
+	cmd := exec.Command("go", "build", "-pgo=off", "-o", bin, "github.com/pgveil/pgveil/cmd/pgveil")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}

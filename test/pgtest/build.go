@@ -34,7 +34,9 @@ func Pgveil(t testing.TB) string {
 		// binary dies before Main cleans up.
 		os.WriteFile(filepath.Join(dir, "owner.pid"), []byte(strconv.Itoa(os.Getpid())), 0o644)
 		bin := filepath.Join(dir, "pgveil")
-		args := []string{"build", "-o", bin}
+		// -pgo=off: tests need no profile-guided optimization, and the
+		// race build would otherwise compile everything a second time.
+		args := []string{"build", "-pgo=off", "-o", bin}
 		if raceEnabled {
 			args = append(args, "-race")
 		}
