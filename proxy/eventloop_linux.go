@@ -25,12 +25,13 @@ package proxy
 // (P). That is deliberate. A blocking call made the normal way lets sysmon
 // hand the P to another thread after 20 µs and makes the loop win it back on
 // return, a futex round trip per wake-up that costs as much as the work it
-// waits for. Holding the P is safe because sysmon still preempts a
-// goroutine that has kept one for 10 ms: its signal interrupts epoll_wait
-// (EINTR; epoll_wait is never restarted) and the loop yields at its next
-// function call, so garbage collection and other goroutines proceed. The
-// finite timeout bounds the wait even when asynchronous preemption is off
-// (GODEBUG=asyncpreemptoff=1). Server.poller raises GOMAXPROCS by the
+// waits for. Holding the P is safe because the runtime still preempts a
+// goroutine that has kept one for 10 ms, or that a stop-the-world waits for:
+// its signal interrupts epoll_wait (EINTR; epoll_wait is never restarted)
+// and the loop then yields explicitly (runtime.Gosched), so garbage
+// collection and other goroutines proceed. The finite timeout bounds the
+// wait even when asynchronous preemption is off (GODEBUG=asyncpreemptoff=1):
+// the loop yields after an empty wait too. Server.poller raises GOMAXPROCS by the
 // number of loops when it starts them, so the rest of the program keeps its
 // processors.
 //
@@ -48,6 +49,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -63,6 +65,8 @@ const maxReadPerEvent = 256 << 10
 
 type poller struct {
 	epfd int
+	// yields counts the times the loop let the scheduler stop it (see run).
+	yields atomic.Int64
 	mu   sync.Mutex
 	// byFD holds the session of each registered descriptor, indexed by
 	// its number (descriptors are small integers the kernel reuses lowest
@@ -165,10 +169,20 @@ func (p *poller) run() {
 	events := make([]syscall.EpollEvent, 256)
 	for {
 		n, errno := rawEpollWait(p.epfd, events, pollTimeoutMS)
+		if errno == syscall.EINTR || errno == 0 && n == 0 {
+			// A signal (most likely the runtime's preemption request: a
+			// stop-the-world for the garbage collector waits for this
+			// goroutine) or the timeout: yield. The loop must not count on
+			// a function call to stop at, as the comment at the top once
+			// did: the compiler inlines rawEpollWait, and with
+			// profile-guided optimization syscall.RawSyscall6 too, which
+			// left a loop with no preemption point at all and every other
+			// goroutine stopped for seconds behind a collection.
+			p.yields.Add(1)
+			runtime.Gosched()
+			continue
+		}
 		if errno != 0 {
-			if errno == syscall.EINTR {
-				continue
-			}
 			// Only a bug (EBADF, EFAULT) gets here; do not spin.
 			time.Sleep(10 * time.Millisecond)
 			continue
