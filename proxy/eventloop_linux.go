@@ -67,7 +67,7 @@ type poller struct {
 	epfd int
 	// yields counts the times the loop let the scheduler stop it (see run).
 	yields atomic.Int64
-	mu   sync.Mutex
+	mu     sync.Mutex
 	// byFD holds the session of each registered descriptor, indexed by
 	// its number (descriptors are small integers the kernel reuses lowest
 	// first); a zero entry is free. Guarded by mu.
