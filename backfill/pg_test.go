@@ -690,3 +690,59 @@ func TestSchemaServerCode(t *testing.T) {
 		t.Fatalf("unexpected notes:\n%s", strings.Join(notes, "\n"))
 	}
 }
+
+// TestSchemaPartitionedIndexes: PostgreSQL builds no index CONCURRENTLY on a
+// partitioned table. The plan creates it on the partitioned table alone,
+// builds it concurrently on each partition (two levels here) and attaches
+// it; applied, the indexes are valid, the unique twin (which keeps the
+// partition key) refuses duplicates across the tree, and a second plan has
+// nothing left to create.
+func TestSchemaPartitionedIndexes(t *testing.T) {
+	pool := testDB(t, 1, `;CREATE TABLE ev (id bigint, at date, region text, secret text, PRIMARY KEY (id, at), UNIQUE (secret, at)) PARTITION BY RANGE (at);
+		CREATE TABLE ev_2024 PARTITION OF ev FOR VALUES FROM ('2024-01-01') TO ('2025-01-01') PARTITION BY RANGE (at);
+		CREATE TABLE ev_2024_h1 PARTITION OF ev_2024 FOR VALUES FROM ('2024-01-01') TO ('2024-07-01');
+		CREATE TABLE ev_2025 PARTITION OF ev FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+		INSERT INTO ev VALUES (1, '2024-02-01', 'eu', 's1'), (2, '2025-02-01', 'us', 's2')`)
+	ev := evTable("ev", "public.ev.secret")
+	p, err := PlanSchema(ctxT(t), pool, []config.Table{usersTable, ev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := sqlOf(p.Statements)
+	for _, want := range []string{
+		`CREATE UNIQUE INDEX IF NOT EXISTS "ev_secret_hash_at_key" ON ONLY "public"."ev" ("secret_hash", "at")`,
+		`CREATE UNIQUE INDEX IF NOT EXISTS "ev_2024_ev_secret_hash_at_key" ON ONLY "public"."ev_2024" ("secret_hash", "at")`,
+		`CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "ev_2024_h1_ev_secret_hash_at_key" ON "public"."ev_2024_h1" ("secret_hash", "at")`,
+		`ALTER INDEX "public"."ev_2024_ev_secret_hash_at_key" ATTACH PARTITION "public"."ev_2024_h1_ev_secret_hash_at_key"`,
+		`ALTER INDEX "public"."ev_secret_hash_at_key" ATTACH PARTITION "public"."ev_2025_ev_secret_hash_at_key"`,
+	} {
+		if !strings.Contains(got, want) {
+			t.Fatalf("plan lacks %s:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, `CONCURRENTLY IF NOT EXISTS "ev_secret_hash_at_key" ON "public"."ev"`) {
+		t.Fatalf("concurrent index on the partitioned table:\n%s", got)
+	}
+	var out bytes.Buffer
+	if err := ApplySchema(ctxT(t), pool, p.Statements, &out); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	var invalid int
+	if err := pool.QueryRow(ctxT(t), `SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+		WHERE c.relname LIKE '%secret_hash%' AND NOT i.indisvalid`).Scan(&invalid); err != nil || invalid != 0 {
+		t.Fatalf("%d invalid indexes (%v)", invalid, err)
+	}
+	if _, err := pool.Exec(ctxT(t), `UPDATE ev SET secret_hash = 'h' || id`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctxT(t), `INSERT INTO ev (id, at, secret, secret_hash) VALUES (3, '2024-02-01', 't', 'h1')`); err == nil || !strings.Contains(err.Error(), "23505") {
+		t.Fatalf("the unique twin let a duplicate in: %v", err)
+	}
+	p, err = PlanSchema(ctxT(t), pool, []config.Table{usersTable, ev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sqlOf(p.Statements); strings.Contains(got, "CREATE") || strings.Contains(got, "ATTACH") {
+		t.Fatalf("second plan still creates:\n%s", got)
+	}
+}

@@ -135,6 +135,15 @@ type tableState struct {
 	// hashed[column]: some row has a blind index, so pgveil (the proxy or
 	// the backfill) has written to the table.
 	hashed map[string]bool
+	// parts of a partitioned table: every partition at every level,
+	// each after its parent.
+	parts []partition
+}
+
+// partition is one partition of a partitioned table (kind r or p).
+type partition struct {
+	schema, name, kind string
+	parent             string // schema.name of the partitioned table above it
 }
 
 func inspect(ctx context.Context, q querier, t config.Table) (*tableState, error) {
@@ -177,6 +186,30 @@ func inspect(ctx context.Context, q querier, t config.Table) (*tableState, error
 		// A view has no index and no rows of its own: the base table's
 		// are checked there.
 		return st, nil
+	}
+	if st.kind == "p" {
+		rows, err := q.Query(ctx, `WITH RECURSIVE tree(oid, parent, depth) AS (
+				SELECT inhrelid, inhparent, 1 FROM pg_inherits WHERE inhparent = $1
+				UNION ALL
+				SELECT i.inhrelid, i.inhparent, tree.depth + 1 FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid)
+			SELECT n.nspname, c.relname, c.relkind::text, pn.nspname || '.' || pc.relname
+			FROM tree JOIN pg_class c ON c.oid = tree.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+			JOIN pg_class pc ON pc.oid = tree.parent JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+			WHERE c.relkind IN ('r', 'p')
+			ORDER BY tree.depth, n.nspname, c.relname`, oid)
+		if err != nil {
+			return nil, fmt.Errorf("pgveil: looking up the partitions of %s.%s: %w", st.schema, st.name, err)
+		}
+		for rows.Next() {
+			var pt partition
+			if err := rows.Scan(&pt.schema, &pt.name, &pt.kind, &pt.parent); err != nil {
+				return nil, err
+			}
+			st.parts = append(st.parts, pt)
+		}
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
 	}
 	rows, err = q.Query(ctx, `SELECT c.relname, am.amname, i.indisunique, i.indisprimary, i.indisvalid, i.indkey::int2[],
 			i.indpred IS NOT NULL, i.indexprs IS NOT NULL, coalesce(k.conname, '')
@@ -369,9 +402,8 @@ func plan(st *tableState, t config.Table) SchemaPlan {
 				// Left by an interrupted CREATE INDEX CONCURRENTLY: build it
 				// again, as it was meant to be.
 				why := fmt.Sprintf("index %s on %s.%s is invalid (an interrupted CREATE INDEX CONCURRENTLY)", ix.name, full, c.BlindIndex)
-				p.Statements = append(p.Statements,
-					Statement{SQL: "DROP INDEX CONCURRENTLY IF EXISTS " + qualified(st.schema, ix.name), Why: why, Concurrent: true},
-					Statement{SQL: createIndexSQL(ix.unique, ix.name, q, st.columnList(ix.keys, 0, ""), ""), Why: why, Concurrent: true})
+				p.Statements = append(p.Statements, st.dropIndex(ix.name, why, false))
+				p.Statements = append(p.Statements, st.createIndex(ix.unique, ix.name, " ("+st.columnList(ix.keys, 0, "")+")", why)...)
 			}
 		}
 		var finish []Statement
@@ -394,11 +426,8 @@ func plan(st *tableState, t config.Table) SchemaPlan {
 				describeIndex(ix), full, c.Column, c.Column)
 			if twin == nil {
 				newName := indexName(st.name, strings.Join(st.columnNames(ix.keys, a.num, c.BlindIndex), "_"), "key")
-				p.Statements = append(p.Statements, Statement{
-					SQL:        createIndexSQL(true, newName, q, st.columnList(ix.keys, a.num, c.BlindIndex), ""),
-					Why:        fmt.Sprintf("%s on encrypted column %s.%s cannot be enforced on tokens; its blind index %s gets the same uniqueness", describeIndex(ix), full, c.Column, c.BlindIndex),
-					Concurrent: true,
-				})
+				p.Statements = append(p.Statements, st.createIndex(true, newName, " ("+st.columnList(ix.keys, a.num, c.BlindIndex)+")",
+					fmt.Sprintf("%s on encrypted column %s.%s cannot be enforced on tokens; its blind index %s gets the same uniqueness", describeIndex(ix), full, c.Column, c.BlindIndex))...)
 				p.Notes = append(p.Notes, kept+"; once every row has its blind index (after pgveil backfill and pgveil verify), run pgveil schema --apply again to drop it")
 				continue
 			}
@@ -416,15 +445,12 @@ func plan(st *tableState, t config.Table) SchemaPlan {
 			if ix.constraint != "" {
 				finish = append(finish, Statement{SQL: fmt.Sprintf("ALTER TABLE %s DROP CONSTRAINT %s", q, quoteIdent(ix.constraint)), Why: why, Finish: true})
 			} else {
-				finish = append(finish, Statement{SQL: "DROP INDEX CONCURRENTLY IF EXISTS " + qualified(st.schema, ix.name), Why: why, Concurrent: true, Finish: true})
+				finish = append(finish, st.dropIndex(ix.name, why, true))
 			}
 		}
 		if !hashIndexed {
-			p.Statements = append(p.Statements, Statement{
-				SQL:        createIndexSQL(false, indexName(st.name, c.BlindIndex, "idx"), q, quoteIdent(c.BlindIndex), ""),
-				Why:        fmt.Sprintf("blind index %s.%s has no index, so lookups on %s would scan the table", full, c.BlindIndex, c.Column),
-				Concurrent: true,
-			})
+			p.Statements = append(p.Statements, st.createIndex(false, indexName(st.name, c.BlindIndex, "idx"), " ("+quoteIdent(c.BlindIndex)+")",
+				fmt.Sprintf("blind index %s.%s has no index, so lookups on %s would scan the table", full, c.BlindIndex, c.Column))...)
 		}
 		// While some rows have no blind index, mode: migrating looks them up
 		// by their plaintext (blind IS NULL AND col = value): without an
@@ -435,22 +461,21 @@ func plan(st *tableState, t config.Table) SchemaPlan {
 				plainIndexed = true
 			}
 		}
-		migSQL := createIndexSQL(false, migName, q, quoteIdent(c.Column), fmt.Sprintf(" USING hash (%s) WHERE %s IS NULL", quoteIdent(c.Column), quoteIdent(c.BlindIndex)))
+		migTail := fmt.Sprintf(" USING hash (%s) WHERE %s IS NULL", quoteIdent(c.Column), quoteIdent(c.BlindIndex))
 		migWhy := fmt.Sprintf("during the migration (mode: migrating) lookups on %s.%s also match rows without a blind index by their plaintext, and no index on %s serves that, so every lookup scans those rows; %s indexes only them, and pgveil schema --apply drops it once every row has its blind index",
 			full, c.Column, c.Column, migName)
 		switch {
 		case mig != nil && !mig.valid:
-			p.Statements = append(p.Statements, Statement{SQL: "DROP INDEX CONCURRENTLY IF EXISTS " + qualified(st.schema, migName),
-				Why: fmt.Sprintf("index %s on %s.%s is invalid (an interrupted CREATE INDEX CONCURRENTLY)", migName, full, c.Column), Concurrent: true})
+			p.Statements = append(p.Statements, st.dropIndex(migName,
+				fmt.Sprintf("index %s on %s.%s is invalid (an interrupted CREATE INDEX CONCURRENTLY)", migName, full, c.Column), false))
 			if unfilled && !plainIndexed {
-				p.Statements = append(p.Statements, Statement{SQL: migSQL, Why: migWhy, Concurrent: true})
+				p.Statements = append(p.Statements, st.createIndex(false, migName, migTail, migWhy)...)
 			}
 		case mig == nil && unfilled && !plainIndexed:
-			p.Statements = append(p.Statements, Statement{SQL: migSQL, Why: migWhy, Concurrent: true})
+			p.Statements = append(p.Statements, st.createIndex(false, migName, migTail, migWhy)...)
 		case mig != nil && !unfilled:
-			finish = append(finish, Statement{SQL: "DROP INDEX CONCURRENTLY IF EXISTS " + qualified(st.schema, migName),
-				Why:        fmt.Sprintf("every row of %s has its blind index %s, so %s (plaintext lookups during the migration) is no longer needed", full, c.BlindIndex, migName),
-				Concurrent: true, Finish: true})
+			finish = append(finish, st.dropIndex(migName,
+				fmt.Sprintf("every row of %s has its blind index %s, so %s (plaintext lookups during the migration) is no longer needed", full, c.BlindIndex, migName), true))
 		}
 		p.Statements = append(p.Statements, finish...)
 	}
@@ -480,6 +505,60 @@ func planView(st *tableState, t config.Table) SchemaPlan {
 		}
 	}
 	return p
+}
+
+// createIndex builds index name on the table, tail being what follows
+// "ON table" (" (cols)", or " USING ... WHERE ..."), without blocking
+// writes: CONCURRENTLY. PostgreSQL cannot build an index on a partitioned
+// table concurrently, so there the index is created on the partitioned
+// table alone (ON ONLY, at once, not valid yet), built concurrently on each
+// partition and attached to it; it becomes valid when every partition's is
+// attached. Each step is idempotent: a run interrupted anywhere is finished
+// by the next.
+func (st *tableState) createIndex(unique bool, name, tail, why string) []Statement {
+	q := qualified(st.schema, st.name)
+	if st.kind != "p" {
+		return []Statement{{SQL: createIndexSQL(unique, name, q, "", tail), Why: why, Concurrent: true}}
+	}
+	u := ""
+	if unique {
+		u = "UNIQUE "
+	}
+	out := []Statement{{SQL: fmt.Sprintf("CREATE %sINDEX IF NOT EXISTS %s ON ONLY %s%s", u, quoteIdent(name), q, tail), Why: why}}
+	idx := map[string]string{st.schema + "." + st.name: qualified(st.schema, name)} // table -> its index
+	for _, pt := range st.parts {
+		pname := partIndexName(name, pt.name)
+		pq := qualified(pt.schema, pt.name)
+		pwhy := fmt.Sprintf("%s, on partition %s.%s", name, pt.schema, pt.name)
+		if pt.kind == "p" {
+			out = append(out, Statement{SQL: fmt.Sprintf("CREATE %sINDEX IF NOT EXISTS %s ON ONLY %s%s", u, quoteIdent(pname), pq, tail), Why: pwhy})
+		} else {
+			out = append(out, Statement{SQL: createIndexSQL(unique, pname, pq, "", tail), Why: pwhy, Concurrent: true})
+		}
+		idx[pt.schema+"."+pt.name] = qualified(pt.schema, pname)
+		if parent, ok := idx[pt.parent]; ok {
+			out = append(out, Statement{SQL: fmt.Sprintf("ALTER INDEX %s ATTACH PARTITION %s", parent, qualified(pt.schema, pname)), Why: pwhy})
+		}
+	}
+	return out
+}
+
+// partIndexName names a partition's part of index name.
+func partIndexName(name, partition string) string {
+	n := partition + "_" + name
+	if len(n) > 63 {
+		n = n[:63]
+	}
+	return n
+}
+
+// dropIndex drops index name: CONCURRENTLY, but on a partitioned table,
+// where PostgreSQL cannot, at once (with every partition's part).
+func (st *tableState) dropIndex(name, why string, finish bool) Statement {
+	if st.kind == "p" {
+		return Statement{SQL: "DROP INDEX IF EXISTS " + qualified(st.schema, name), Why: why, Finish: finish}
+	}
+	return Statement{SQL: "DROP INDEX CONCURRENTLY IF EXISTS " + qualified(st.schema, name), Why: why, Concurrent: true, Finish: finish}
 }
 
 // createIndexSQL is CREATE [UNIQUE] INDEX CONCURRENTLY IF NOT EXISTS; tail,
