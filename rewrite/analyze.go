@@ -309,8 +309,28 @@ func (a *analyzer) nextSig(pos int) token {
 
 // scanClose returns the offset of the first unmatched ')' at or after pos, or -1.
 func (a *analyzer) scanClose(pos int) int {
+	if tk, ok := a.scanDepth0(pos, ""); ok && a.t[tk.start] == ')' {
+		return tk.start
+	}
+	return -1
+}
+
+// wordAtDepth0 returns the end of the first keyword w after pos outside
+// parentheses, or -1.
+func (a *analyzer) wordAtDepth0(pos int, w string) int {
+	if tk, ok := a.scanDepth0(pos, w); ok && tk.kind == tkIdent {
+		return tk.end
+	}
+	return -1
+}
+
+// scanDepth0 lexes from pos, keeping count of parentheses and brackets, to
+// the first ')' that closes the group pos is in or, when word is set, the
+// first such word outside parentheses. It reports false at the end of the
+// text, at a ';' outside parentheses, or at a ']' closing the group.
+func (a *analyzer) scanDepth0(pos int, word string) (token, bool) {
 	if pos < 0 || pos > len(a.t) {
-		return -1
+		return token{}, false
 	}
 	l := a.lexAt(pos)
 	depth := 0
@@ -318,22 +338,23 @@ func (a *analyzer) scanClose(pos int) int {
 		tk := l.next()
 		switch tk.kind {
 		case tkEOF:
-			return -1
+			return tk, false
+		case tkIdent:
+			if depth == 0 && word != "" && strings.EqualFold(a.tokText(tk), word) {
+				return tk, true
+			}
 		case tkPunct:
 			switch a.t[tk.start] {
 			case '(', '[':
 				depth++
 			case ')', ']':
 				if depth == 0 {
-					if a.t[tk.start] == ')' {
-						return tk.start
-					}
-					return -1
+					return tk, a.t[tk.start] == ')'
 				}
 				depth--
 			case ';':
 				if depth == 0 {
-					return -1
+					return tk, false
 				}
 			}
 		}
@@ -2449,36 +2470,6 @@ func (a *analyzer) insertFromValues(s *pg.InsertStmt, t *tableRule, sel *pg.Sele
 		a.addEdit(namesClose, namesClose, names...)
 	}
 	return true
-}
-
-// wordAtDepth0 returns the end of the first keyword w after pos outside
-// parentheses, or -1.
-func (a *analyzer) wordAtDepth0(pos int, w string) int {
-	l := a.lexAt(pos)
-	depth := 0
-	for {
-		tk := l.next()
-		switch tk.kind {
-		case tkEOF:
-			return -1
-		case tkPunct:
-			switch a.t[tk.start] {
-			case '(', '[':
-				depth++
-			case ')', ']':
-				if depth == 0 {
-					return -1
-				}
-				depth--
-			case ';':
-				return -1
-			}
-		case tkIdent:
-			if depth == 0 && strings.EqualFold(a.tokText(tk), w) {
-				return tk.end
-			}
-		}
-	}
 }
 
 // blindValue handles a value the client writes to a blind-index column
