@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgveil/pgveil/keyring"
+	"github.com/pgveil/pgveil/test/pgtest"
 )
 
 // These tests run a session's handlers without sockets, as the session
@@ -235,39 +235,10 @@ func (h *handlerHarness) roundTrip(t testing.TB, msgs ...pgproto3.FrontendMessag
 			t.Fatal(err)
 		}
 	}
-	s := h.s
-	cin, uin := s.cr.(*memFrames), s.ur.(*memFrames)
-	cin.buf, cin.r = append(cin.buf[:0], client...), 0
-	for {
-		typ, _, err := cin.next()
-		if err == errWouldBlock {
-			break
-		}
-		if err := s.onClientMessage(typ, err, benchSent); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := s.uw.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	h.s.feedClient(t, client)
 	sent, replies := h.pg.serve(t, h.up.Bytes())
 	h.up.Reset()
-	uin.buf, uin.r = append(uin.buf[:0], replies...), 0
-	for {
-		typ, _, err := uin.next()
-		if err == errWouldBlock {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := s.onServerMessage(&s.srvState, typ); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := s.cw.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	h.s.feedServer(t, replies)
 	for _, f := range frames(t, h.down.Bytes()) {
 		m, err := pgproto3.NewFrontend(bytes.NewReader(f), io.Discard).Receive()
 		if err != nil {
@@ -287,7 +258,7 @@ func (h *handlerHarness) roundTrip(t testing.TB, msgs ...pgproto3.FrontendMessag
 		}
 	}
 	h.down.Reset()
-	if !s.q.empty() {
+	if !h.s.q.empty() {
 		t.Fatal("replies left owed")
 	}
 	return sent, got
@@ -572,7 +543,7 @@ func TestSessionParamTypes(t *testing.T) {
 		{name: "name", sql: insName, oids: []uint32{19}, value: []byte("x"), refused: "declared name"},
 		{name: "int4[] for = ANY", sql: anyOf, oids: []uint32{1007}, value: []byte("{1,2}"), refused: "declared type OID 1007"},
 		{name: "text[] for a scalar", sql: insName, oids: []uint32{1009}, value: []byte("{a}"), refused: "declared type OID 1009"},
-		{name: "binary int4[] elements", sql: anyOf, format: 1, value: binaryArray(23, int4), refused: "array parameter for encrypted column users.email has elements of type int4"},
+		{name: "binary int4[] elements", sql: anyOf, format: 1, value: pgtest.BinaryArray(23, int4), refused: "array parameter for encrypted column users.email has elements of type int4"},
 		{name: "text binary", sql: insEmail, oids: []uint32{25}, format: 1, value: []byte("ABCD"), plain: []string{"ABCD", "ABCD"}},
 		{name: "varchar binary", sql: insEmail, oids: []uint32{1043}, format: 1, value: []byte("v@x.io"), plain: []string{"v@x.io", "v@x.io"}},
 		{name: "unknown binary", sql: insName, oids: []uint32{705}, format: 1, value: []byte("u"), plain: []string{"u"}},
@@ -585,7 +556,7 @@ func TestSessionParamTypes(t *testing.T) {
 		{name: "bpchar inner spaces stay", sql: insName, oids: []uint32{1042}, value: []byte(" a b  "), plain: []string{" a b"}},
 		{name: "text[] for = ANY", sql: anyOf, oids: []uint32{1009}, value: []byte("{a@x.io,b@x.io}"), plain: []string{"{a@x.io,b@x.io}"}},
 		{name: "varchar[] for = ANY", sql: anyOf, oids: []uint32{1015}, value: []byte("{a@x.io}"), plain: []string{"{a@x.io}"}},
-		{name: "binary text[] for = ANY", sql: anyOf, format: 1, value: binaryArray(25, []byte("a@x.io"), []byte("b@x.io")), plain: []string{"{a@x.io,b@x.io}"}},
+		{name: "binary text[] for = ANY", sql: anyOf, format: 1, value: pgtest.BinaryArray(25, []byte("a@x.io"), []byte("b@x.io")), plain: []string{"{a@x.io,b@x.io}"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -652,20 +623,6 @@ func (h *handlerHarness) expect(t testing.TB, sql string, i int, plain string) s
 	return string(last)
 }
 
-// binaryArray is a one-dimensional array in binary format.
-func binaryArray(elem uint32, values ...[]byte) []byte {
-	b := binary.BigEndian.AppendUint32(nil, 1)
-	b = binary.BigEndian.AppendUint32(b, 0)
-	b = binary.BigEndian.AppendUint32(b, elem)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(values)))
-	b = binary.BigEndian.AppendUint32(b, 1)
-	for _, v := range values {
-		b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
-		b = append(b, v...)
-	}
-	return b
-}
-
 // TestSessionParameterStatusOverLimit: a ParameterStatus over
 // proxy.max_message_size streams through to the client as before; the
 // standard_conforming_strings report after it is still seen.
@@ -673,24 +630,7 @@ func TestSessionParameterStatusOverLimit(t *testing.T) {
 	h := newHandlerHarness(t)
 	big, _ := (&pgproto3.ParameterStatus{Name: "application_name", Value: strings.Repeat("a", 2<<20)}).Encode(nil)
 	scs, _ := (&pgproto3.ParameterStatus{Name: "standard_conforming_strings", Value: "off"}).Encode(nil)
-	uin := h.s.ur.(*memFrames)
-	uin.buf, uin.r = append(append(uin.buf[:0], big...), scs...), 0
-	for {
-		typ, _, err := uin.next()
-		if err == errWouldBlock {
-			break
-		}
-		var tooLarge *MessageTooLargeError
-		if err != nil && !errors.As(err, &tooLarge) {
-			t.Fatal(err)
-		}
-		if err := h.s.onServerMessage(&h.s.srvState, typ); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := h.s.cw.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	h.s.feedServer(t, append(append([]byte(nil), big...), scs...))
 	if !bytes.Equal(h.down.Bytes(), append(big, scs...)) {
 		t.Fatalf("the client got %d bytes, want both reports (%d bytes)", h.down.Len(), len(big)+len(scs))
 	}

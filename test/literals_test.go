@@ -2,7 +2,6 @@ package test
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"strings"
 	"testing"
@@ -271,21 +270,6 @@ func TestStartupKeptStandardConformingStrings(t *testing.T) {
 	}
 }
 
-// textArrayBinary is a one-dimensional array in binary format with
-// elements of type elem.
-func textArrayBinary(elem uint32, values ...[]byte) []byte {
-	b := binary.BigEndian.AppendUint32(nil, 1)
-	b = binary.BigEndian.AppendUint32(b, 0)
-	b = binary.BigEndian.AppendUint32(b, elem)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(values)))
-	b = binary.BigEndian.AppendUint32(b, 1)
-	for _, v := range values {
-		b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
-		b = append(b, v...)
-	}
-	return b
-}
-
 // TestEncryptionParamTypes: a parameter pgveil encrypts or hashes must be
 // declared text, varchar, bpchar, unknown or nothing (text[] or varchar[]
 // for = ANY). Any other type is refused with 0A000, in binary format (an
@@ -320,7 +304,7 @@ func TestEncryptionParamTypes(t *testing.T) {
 		{"int4 binary, encrypted and hashed", insEmail, "users.email", 23, 1, int4},
 		{"int4 binary, lookup", lookup, "users.email", 23, 1, int4},
 		{"int4[] for = ANY", anyOf, "users.email", 1007, 0, []byte("{1,2}")},
-		{"binary int4[] for = ANY", anyOf, "users.email", 0, 1, textArrayBinary(23, int4)},
+		{"binary int4[] for = ANY", anyOf, "users.email", 0, 1, pgtest.BinaryArray(23, int4)},
 	} {
 		var oids []uint32
 		if tc.oid != 0 {
@@ -406,7 +390,7 @@ func TestEncryptionParamTypes(t *testing.T) {
 	if err := c.QueryRow(ctx, anyOf, []string{"pad@x.io", "none@x.io"}).Scan(new(int64)); err != nil {
 		t.Fatalf("= ANY, pgx: %v", err)
 	}
-	res := pc.ExecParams(ctx, anyOf, [][]byte{textArrayBinary(25, []byte("pad@x.io"))}, nil, []int16{1}, nil).Read()
+	res := pc.ExecParams(ctx, anyOf, [][]byte{pgtest.BinaryArray(25, []byte("pad@x.io"))}, nil, []int16{1}, nil).Read()
 	if res.Err != nil || len(res.Rows) != 1 {
 		t.Fatalf("= ANY, binary text[]: %d rows, %v", len(res.Rows), res.Err)
 	}
