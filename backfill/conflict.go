@@ -144,14 +144,10 @@ func (ti *tableInfo) holders(ctx context.Context, q querier, ix *uniqueIndex, se
 		return out, nil
 	}
 	nk := len(ti.key)
-	var vcols, arrs, onN, onO, ok, nk2 []string
+	vcols, arrs, onN, n := ti.keyValues("n")
+	var onO, ok, nk2 []string
 	args := make([]any, 0, nk+len(set))
-	n := 1
 	for i, k := range ti.key {
-		vcols = append(vcols, "pgveil_k"+strconv.Itoa(i))
-		arrs = append(arrs, "$"+strconv.Itoa(n)+"::text[]")
-		n++
-		onN = append(onN, fmt.Sprintf("n.%s = v.pgveil_k%d::%s", k.name, i, k.typ))
 		ok = append(ok, "o."+k.name)
 		nk2 = append(nk2, "n."+k.name)
 		ks := make([]string, len(probes))

@@ -324,13 +324,9 @@ func (ti *tableInfo) rereadQuery() string {
 // the application, so it cannot deadlock with it). RETURNING names the rows
 // written; the others are read again.
 func (ti *tableInfo) updateQuery() string {
-	var vcols, arrs, on, lon, sets []string
-	n := 1
-	for i, k := range ti.key {
-		vcols = append(vcols, "pgveil_k"+strconv.Itoa(i))
-		arrs = append(arrs, "$"+strconv.Itoa(n)+"::text[]")
-		n++
-		on = append(on, fmt.Sprintf("t.%s = v.pgveil_k%d::%s", k.name, i, k.typ))
+	vcols, arrs, on, n := ti.keyValues("t")
+	var lon, sets []string
+	for _, k := range ti.key {
 		lon = append(lon, fmt.Sprintf("t.%s = l.%s", k.name, k.name))
 	}
 	vcols = append(vcols, "pgveil_x")
@@ -355,6 +351,21 @@ func (ti *tableInfo) updateQuery() string {
 		"UPDATE " + ti.qname + " t SET " + strings.Join(sets, ", ") +
 		" FROM l WHERE " + strings.Join(lon, " AND ") +
 		" RETURNING " + keyTextList(ti)
+}
+
+// keyValues is how a batch's primary keys reach a query: one text[]
+// parameter per key column ($1 ...), unnested as the columns pgveil_k0 ...
+// of v, and the join of the table aliased alias to them. n is the number
+// of the next parameter.
+func (ti *tableInfo) keyValues(alias string) (vcols, arrs, on []string, n int) {
+	n = 1
+	for i, k := range ti.key {
+		vcols = append(vcols, "pgveil_k"+strconv.Itoa(i))
+		arrs = append(arrs, "$"+strconv.Itoa(n)+"::text[]")
+		n++
+		on = append(on, fmt.Sprintf("%s.%s = v.pgveil_k%d::%s", alias, k.name, i, k.typ))
+	}
+	return vcols, arrs, on, n
 }
 
 func keyTextList(ti *tableInfo) string {
