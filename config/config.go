@@ -107,6 +107,10 @@ type Proxy struct {
 	// goroutines). 0 switches the event loop off. Default: half the
 	// processors, at least 1.
 	EventLoops *int `yaml:"event_loops"`
+	// IOUring chooses the event loops' I/O: "auto" (the default) uses
+	// io_uring where the kernel offers it (Linux 6.1) and epoll elsewhere;
+	// "off" always uses epoll.
+	IOUring string `yaml:"io_uring"`
 	// MaxIdleUpstreams is how many PostgreSQL connections whose clients
 	// have left pgveil keeps, reset, for the next client that logs in as
 	// the same user to the same database with the same startup parameters.

@@ -321,6 +321,9 @@ func (v *validator) validate() {
 	if p.EventLoops != nil && (*p.EventLoops < 0 || *p.EventLoops > 256) {
 		v.problem("must be between 0 (every session on goroutines) and 256 threads; leave it out for half the processors", "proxy", "event_loops")
 	}
+	if p.IOUring != "" && p.IOUring != "auto" && p.IOUring != "off" {
+		v.problem(fmt.Sprintf("is %q; use auto (io_uring where the kernel offers it, epoll elsewhere) or off (epoll)", p.IOUring), "proxy", "io_uring")
+	}
 	if p.StartupTimeout.D() < 0 {
 		v.problem("must be positive", "proxy", "startup_timeout")
 	}

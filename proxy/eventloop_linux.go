@@ -64,7 +64,10 @@ const pollTimeoutMS = 50
 const maxReadPerEvent = 256 << 10
 
 type poller struct {
-	epfd int
+	epfd int // -1 on an io_uring loop
+	// u is the io_uring state of a loop that uses it (see
+	// eventloop_uring_linux.go); nil on an epoll loop.
+	u *uringLoop
 	// yields counts the times the loop let the scheduler stop it (see run).
 	yields atomic.Int64
 	mu     sync.Mutex
@@ -99,8 +102,13 @@ type evState struct {
 	cwr, uwr fdWriter
 	cEvents  uint32 // interest registered for cfd
 	uEvents  uint32
-	done     chan struct{}
-	once     sync.Once
+	// On an io_uring loop: the multishot receive of each side; removing
+	// once the loop has begun to take the session off, finished once it
+	// has. [loop]
+	cRecv, uRecv       uringRecv
+	removing, finished bool
+	done               chan struct{}
+	once               sync.Once
 }
 
 // eventLoops is the process's pool of event loops. It is started once,
@@ -121,19 +129,35 @@ func (srv *Server) poller() *poller {
 		return nil
 	}
 	eventLoops.once.Do(func() {
+		useUring := srv.snap.Load().Config.Proxy.IOUring != "off"
 		var pollers []*poller
 		for i := 0; i < n; i++ {
-			p, err := newPoller()
-			if err != nil {
-				srv.Logger.Warn("event loop unavailable; sessions use goroutines", "error", err.Error())
-				return
+			var p *poller
+			var err error
+			if useUring {
+				if p, err = newUringPoller(); err != nil {
+					// Not an error: io_uring is often refused (Docker's
+					// default seccomp profile, kernels before 6.1).
+					srv.Logger.Info("io_uring unavailable; event loops use epoll", "reason", err.Error())
+					useUring = false
+				}
+			}
+			if !useUring {
+				if p, err = newPoller(); err != nil {
+					srv.Logger.Warn("event loop unavailable; sessions use goroutines", "error", err.Error())
+					return
+				}
 			}
 			pollers = append(pollers, p)
 		}
 		// Each loop holds a processor while it waits (see above).
 		runtime.GOMAXPROCS(procs + n)
 		eventLoops.pollers = pollers
-		srv.Logger.Info("event loops started", "loops", n, "gomaxprocs", procs+n)
+		io := "epoll"
+		if useUring {
+			io = "io_uring"
+		}
+		srv.Logger.Info("event loops started", "loops", n, "io", io, "gomaxprocs", procs+n)
 	})
 	pollers := eventLoops.pollers
 	if len(pollers) == 0 {
@@ -220,6 +244,12 @@ func (p *poller) add(s *Session, ev *evState) error {
 	}
 	p.byFD[ev.cfd] = pollEntry{s: s, client: true}
 	p.byFD[ev.ufd] = pollEntry{s: s, client: false}
+	if p.u != nil {
+		// The loop arms the receives (only its thread submits).
+		p.n++
+		p.u.post(uringRequest{s: s, ev: ev})
+		return nil
+	}
 	err := syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, ev.cfd, &syscall.EpollEvent{Events: ev.cEvents, Fd: int32(ev.cfd)})
 	if err == nil {
 		err = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, ev.ufd, &syscall.EpollEvent{Events: ev.uEvents, Fd: int32(ev.ufd)})
@@ -243,7 +273,9 @@ func (p *poller) remove(s *Session, ev *evState) {
 	for _, fd := range [2]int{ev.cfd, ev.ufd} {
 		if fd < len(p.byFD) && p.byFD[fd].s == s {
 			p.byFD[fd] = pollEntry{}
-			_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, fd, nil)
+			if p.u == nil {
+				_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, fd, nil)
+			}
 			removed = true
 		}
 	}
@@ -308,6 +340,7 @@ func (s *Session) runEvented(p *poller) (done chan struct{}, ok bool) {
 	utcp.Close()
 	s.connMu.Unlock()
 	ev.cwr.fd, ev.uwr.fd = ev.cfd, ev.ufd
+	ev.cwr.queue, ev.uwr.queue = p.u != nil, p.u != nil
 	s.cr, s.ur = &ev.cin, &ev.uin
 	s.evented = true
 	s.uw.Reset(&ev.uwr)
@@ -349,6 +382,14 @@ func (s *Session) endEvented() {
 	ev.cwr.err = net.ErrClosed // drainIfIdle writes under cwMu only
 	s.cwMu.Unlock()
 	ev.mu.Lock()
+	if !ev.closed && ev.p.u != nil {
+		// The loop sends what is queued, cancels the receives, then
+		// closes the sockets and closes done (uringLoop.settle).
+		ev.closed = true
+		ev.p.u.post(uringRequest{s: s, ev: ev, remove: true})
+		ev.mu.Unlock()
+		return
+	}
 	if !ev.closed {
 		ev.closed = true
 		ev.p.remove(s, ev)
@@ -376,7 +417,7 @@ func (s *Session) keptEventedUpstream() (conn net.Conn, leftover, evented bool) 
 	fd := ev.keptFD
 	ev.keptFD = -1
 	u := &ev.uin
-	leftover = u.r < len(u.buf) || u.current || u.discard > 0 || u.pass > 0 || len(ev.uwr.pending) > 0
+	leftover = u.r < len(u.buf) || u.current || u.discard > 0 || u.pass > 0 || ev.uwr.unsent() > 0
 	ev.mu.Unlock()
 	if fd < 0 {
 		return nil, leftover, true
@@ -433,11 +474,7 @@ func (s *Session) onEventRecover(client bool, events uint32, clock *time.Duratio
 	ev := s.ev.Load()
 	defer func() {
 		if r := recover(); r != nil {
-			s.log.Error("pgveil: BUG: session panicked", "panic", fmt.Sprint(r))
-			s.cwMu.Lock()
-			s.writeError(&pgError{code: codeInternal, msg: "pgveil: internal error; the session was closed"}, true)
-			_ = s.cw.Flush()
-			s.cwMu.Unlock()
+			s.evPanicked(r)
 			ok = false
 		}
 	}()
@@ -462,13 +499,22 @@ func (s *Session) onEventRecover(client bool, events uint32, clock *time.Duratio
 	return true
 }
 
+// evPanicked logs a panic of the session's handlers and tells the client;
+// the caller ends the session. [loop]
+func (s *Session) evPanicked(r any) {
+	s.log.Error("pgveil: BUG: session panicked", "panic", fmt.Sprint(r))
+	s.cwMu.Lock()
+	s.writeError(&pgError{code: codeInternal, msg: "pgveil: internal error; the session was closed"}, true)
+	_ = s.cw.Flush()
+	s.cwMu.Unlock()
+}
+
 // evWork writes what waits for a writable socket, reads what a readable one
 // holds and handles every whole frame in memory; events 0 handles only what
 // is in memory. false ends the session. *clock is when the work began (a
 // monoNow reading) on entry, when it ended on return: the loop reads the
 // clock once per event. [loop, under ev.mu]
 func (s *Session) evWork(ev *evState, client bool, events uint32, clock *time.Duration) bool {
-	beganMono := *clock
 	var err error
 	if events&syscall.EPOLLOUT != 0 {
 		if client {
@@ -487,6 +533,15 @@ func (s *Session) evWork(ev *evState, client bool, events uint32, clock *time.Du
 			eof, err = ev.uin.readFrom(ev.ufd)
 		}
 	}
+	return s.evHandle(ev, client, clock, eof, err)
+}
+
+// evHandle handles every whole frame of the side in memory, unless err (a
+// failed read or write) ends the session; so does eof (the peer closed its
+// side), after the frames. false ends the session. *clock as for evWork.
+// [loop, under ev.mu]
+func (s *Session) evHandle(ev *evState, client bool, clock *time.Duration, eof bool, err error) bool {
+	beganMono := *clock
 	if err == nil {
 		if client {
 			err = s.evClientFrames(ev, beganMono)
@@ -596,13 +651,22 @@ type fdWriter struct {
 	fd      int
 	pending []byte
 	err     error
+	// On an io_uring loop (queue), Write only queues in pending: the loop
+	// sends it with its next submission, and inflight is what a send in
+	// flight (sending) holds. [under evState.mu, and cwMu for the client]
+	queue    bool
+	sending  bool
+	inflight []byte
 }
+
+// unsent is what was written and not yet taken by the kernel.
+func (w *fdWriter) unsent() int { return len(w.pending) + len(w.inflight) }
 
 func (w *fdWriter) Write(p []byte) (int, error) {
 	if w.err != nil {
 		return 0, w.err
 	}
-	if len(w.pending) > 0 {
+	if w.queue || len(w.pending) > 0 {
 		w.pending = append(w.pending, p...)
 		return len(p), nil
 	}

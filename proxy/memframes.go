@@ -78,6 +78,18 @@ func (m *memFrames) filled(n int) {
 	}
 }
 
+// write takes bytes a receive completed with elsewhere (the io_uring loop's
+// provided buffers), as a read into spare() would.
+func (m *memFrames) write(p []byte) {
+	for len(p) > 0 {
+		spare := m.spare()
+		n := copy(spare, p)
+		m.filled(n)
+		m.full = n == len(spare)
+		p = p[n:]
+	}
+}
+
 // shrink drops a buffer that grew for one large frame, once it is unused.
 func (m *memFrames) shrink() {
 	if m.r == len(m.buf) && cap(m.buf) > 4*ioBufferSize {
