@@ -37,12 +37,15 @@ vet:
 	$(GO) vet ./...
 
 # The integration tests run with pgveil's default I/O engine (the event
-# loop); the protocol suites run a second time with every session on its
-# two goroutines (proxy.event_loops: 0), the engine TLS sessions use.
+# loop, on io_uring where the kernel offers it); the protocol suites run
+# again with the loops on epoll (proxy.io_uring: off), as where io_uring is
+# refused, and with every session on its two goroutines
+# (proxy.event_loops: 0), the engine TLS sessions use.
 ENGINE_TESTS ?= ^(TestTransparent|TestProtocol|TestEncryption|TestCatalog|TestStartup)
 
 test: vet
 	$(GO) test $(TESTFLAGS) ./...
+	PGVEIL_TEST_IO_URING=off $(GO) test $(TESTFLAGS) -run '$(ENGINE_TESTS)' ./test/
 	PGVEIL_TEST_EVENT_LOOPS=0 $(GO) test $(TESTFLAGS) -run '$(ENGINE_TESTS)' ./test/
 
 # Unit tests only: go test -short skips the integration tests in test/.

@@ -666,6 +666,9 @@ func (w *fdWriter) Write(p []byte) (int, error) {
 	if w.err != nil {
 		return 0, w.err
 	}
+	if w.queue && cap(w.pending)-len(w.pending) < len(p) {
+		w.grow(len(p))
+	}
 	if w.queue || len(w.pending) > 0 {
 		w.pending = append(w.pending, p...)
 		return len(p), nil

@@ -3,9 +3,12 @@
 package proxy
 
 import (
+	"errors"
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/pgveil/pgveil/internal/uring"
 )
 
 // An idle event loop blocks in epoll_wait holding its processor. A
@@ -16,12 +19,28 @@ import (
 // seconds behind a collection (new connections stalled). This test binary
 // is built without that inlining, so it checks the yield itself.
 func TestPollerYieldsToStopTheWorld(t *testing.T) {
+	t.Run("epoll", func(t *testing.T) {
+		p, err := newPoller()
+		if err != nil {
+			t.Fatal(err)
+		}
+		testPollerYields(t, p)
+	})
+	t.Run("io_uring", func(t *testing.T) {
+		p, err := newUringPoller()
+		if errors.Is(err, uring.ErrUnavailable) {
+			t.Skipf("this kernel offers no io_uring: %v", err)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		testPollerYields(t, p)
+	})
+}
+
+func testPollerYields(t *testing.T, p *poller) {
 	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 1) // the loop keeps one, as Server.poller provides
-	p, err := newPoller()
-	if err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(20 * time.Millisecond) // in epoll_wait
+	time.Sleep(20 * time.Millisecond)             // waiting for events
 	before := p.yields.Load()
 	for i := 0; i < 5; i++ {
 		start := time.Now()

@@ -44,16 +44,21 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
+
+	"github.com/pgveil/pgveil/internal/uring"
 )
 
 const (
 	uringEntries = 256      // submission slots (completions: 4 times as many)
-	uringBufs    = 256      // provided receive buffers per loop
-	uringBufSize = 16 << 10 // bytes per buffer: 4 MiB per loop, resident as used
+	uringBufs    = 64       // provided receive buffers per loop
+	uringBufSize = 16 << 10 // bytes per buffer: 1 MiB per loop
 	// uringBackpressure is how many bytes may wait to go to one side
 	// before the other side is no longer read.
 	uringBackpressure = maxReadPerEvent
+	// uringSubmitEarly: a send this large is submitted at once, not with
+	// the round's others, so that a large result moves through a small
+	// buffer (one round can bring a socket's whole receive buffer).
+	uringSubmitEarly = ioBufferSize
 )
 
 // Kinds of operation, in the top half of user_data; the bottom half is
@@ -83,7 +88,7 @@ type uringRequest struct {
 
 // uringLoop is the io_uring state of a poller.
 type uringLoop struct {
-	r       *uring
+	r       *uring.Ring
 	efd     int     // eventfd other goroutines wake the loop with
 	wakeBuf [8]byte // where the loop's read of efd lands
 	// sleeping is set while the loop may be waiting in io_uring_enter:
@@ -112,11 +117,11 @@ func (p *poller) runUring(ready chan<- error) {
 	// (DEFER_TASKRUN). The goroutine stays on that thread for good.
 	runtime.LockOSThread()
 	u := p.u
-	r, err := newUring(uringEntries, uringBufs, uringBufSize)
+	r, err := uring.New(uringEntries, uringBufs, uringBufSize, pollTimeoutMS*time.Millisecond)
 	if err == nil {
 		efd, _, errno := syscall.RawSyscall(syscall.SYS_EVENTFD2, 0, syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0)
 		if errno != 0 {
-			r.close()
+			r.Close()
 			err = errno
 		} else {
 			u.efd = int(efd)
@@ -133,7 +138,7 @@ func (p *poller) runUring(ready chan<- error) {
 	for {
 		u.sleeping.Store(true)
 		p.takeRequests()
-		errno := r.enter(true)
+		errno := r.Enter(true)
 		u.sleeping.Store(false)
 		switch errno {
 		case 0, syscall.EBUSY:
@@ -147,7 +152,7 @@ func (p *poller) runUring(ready chan<- error) {
 			time.Sleep(10 * time.Millisecond)
 		}
 		clock := monoNow()
-		r.completions(func(c uringCQE) { p.uringCompletion(c, &clock) })
+		r.Completions(func(c uring.CQE) { p.uringCompletion(c, &clock) })
 	}
 }
 
@@ -197,18 +202,15 @@ func (p *poller) uringRequest(req uringRequest) {
 	p.u.send(&ev.cwr)
 	s.cwMu.Unlock()
 	for _, fd := range [2]int{ev.cfd, ev.ufd} {
-		e := p.u.r.sqe()
-		e.opcode, e.fd = uringOpAsyncCancel, int32(fd)
-		e.opFlags = uringCancelFD | uringCancelAll
-		e.userData = uringData(ukCancel, fd)
+		p.u.r.CancelFD(fd, uringData(ukCancel, fd))
 	}
 	ev.cRecv.cancel, ev.uRecv.cancel = ev.cRecv.armed, ev.uRecv.armed
 	p.uringSettle(s, ev)
 }
 
 // uringCompletion dispatches one completion. [loop]
-func (p *poller) uringCompletion(c uringCQE, clock *time.Duration) {
-	kind, fd := c.userData>>32, int(int32(uint32(c.userData)))
+func (p *poller) uringCompletion(c uring.CQE, clock *time.Duration) {
+	kind, fd := c.UserData>>32, int(int32(uint32(c.UserData)))
 	switch kind {
 	case ukWake:
 		p.u.armWake()
@@ -225,8 +227,8 @@ func (p *poller) uringCompletion(c uringCQE, clock *time.Duration) {
 	if e.s == nil {
 		// Not expected: a session stays registered until its last
 		// completion is in.
-		if c.flags&uringCQEFBuffer != 0 {
-			p.u.r.returnBuf(uint16(c.flags >> uringCQEBufferShift))
+		if id, ok := c.Buffer(); ok {
+			p.u.r.ReturnBuf(id)
 		}
 		return
 	}
@@ -237,7 +239,7 @@ func (p *poller) uringCompletion(c uringCQE, clock *time.Duration) {
 
 // uringEvent handles a completion of one of the session's operations;
 // false ends the session. A panic ends only this session. [loop]
-func (s *Session) uringEvent(p *poller, client bool, kind uint64, c uringCQE, clock *time.Duration) (ok bool) {
+func (s *Session) uringEvent(p *poller, client bool, kind uint64, c uring.CQE, clock *time.Duration) (ok bool) {
 	ev := s.ev.Load()
 	defer func() {
 		if r := recover(); r != nil {
@@ -255,25 +257,24 @@ func (s *Session) uringEvent(p *poller, client bool, kind uint64, c uringCQE, cl
 		if client {
 			rs, in = &ev.cRecv, &ev.cin
 		}
-		if c.flags&uringCQEFMore == 0 {
+		if !c.More() {
 			*rs = uringRecv{}
 		}
-		if c.flags&uringCQEFBuffer != 0 {
-			id := uint16(c.flags >> uringCQEBufferShift)
-			if c.res > 0 {
+		if id, ok := c.Buffer(); ok {
+			if c.Res > 0 {
 				// Kept even on a session that is ending: bytes the
 				// server sent then make its connection unfit to keep
 				// (keptEventedUpstream).
-				in.write(p.u.r.buf(id, int(c.res)))
+				in.write(p.u.r.Buf(id, int(c.Res)))
 			}
-			p.u.r.returnBuf(id)
+			p.u.r.ReturnBuf(id)
 		}
 		if live {
 			var err error
-			if c.res < 0 && c.res != -int32(syscall.ENOBUFS) && c.res != -int32(syscall.ECANCELED) {
-				err = syscall.Errno(-c.res)
+			if c.Res < 0 && c.Res != -int32(syscall.ENOBUFS) && c.Res != -int32(syscall.ECANCELED) {
+				err = syscall.Errno(-c.Res)
 			}
-			ok = s.evHandle(ev, client, clock, c.res == 0, err)
+			ok = s.evHandle(ev, client, clock, c.Res == 0, err)
 		}
 	case ukSend:
 		w := &ev.uwr
@@ -281,7 +282,7 @@ func (s *Session) uringEvent(p *poller, client bool, kind uint64, c uringCQE, cl
 			w = &ev.cwr
 			s.cwMu.Lock()
 		}
-		err := w.sent(c.res)
+		err := w.sent(c.Res)
 		if client {
 			s.cwMu.Unlock()
 		}
@@ -341,12 +342,51 @@ func (u *uringLoop) send(w *fdWriter) {
 	}
 	w.inflight, w.pending = w.pending, w.inflight[:0]
 	w.sending = true
-	e := u.r.sqe()
-	e.opcode, e.fd = uringOpSend, int32(w.fd)
-	e.addr, e.len = uint64(uintptr(unsafe.Pointer(&w.inflight[0]))), uint32(len(w.inflight))
-	// MSG_WAITALL: the kernel retries a short send itself.
-	e.opFlags = syscall.MSG_NOSIGNAL | syscall.MSG_WAITALL
-	e.userData = uringData(ukSend, w.fd)
+	u.r.Send(w.fd, w.inflight, uringData(ukSend, w.fd))
+	if len(w.inflight) >= uringSubmitEarly {
+		// Sent now if the socket takes it; its completion comes in this
+		// round.
+		_ = u.r.Enter(false)
+	}
+}
+
+// sendBufPool recycles the large queue buffers of sessions moving large
+// results (fdWriter.grow): one round can queue a few hundred kilobytes,
+// and buffers grown by append for each round and dropped after it made
+// the garbage collector run every few milliseconds.
+var sendBufPool sync.Pool
+
+// sendBufLarge is the size of the pooled buffers.
+const sendBufLarge = 1 << 20
+
+// grow makes room for n more bytes in w.pending: small buffers grow as
+// append would; past ioBufferSize, a pooled one is taken.
+func (w *fdWriter) grow(n int) {
+	need := len(w.pending) + n
+	var b []byte
+	switch {
+	case need <= ioBufferSize:
+		b = make([]byte, len(w.pending), max(need, 2*cap(w.pending), 512))
+	case need <= sendBufLarge:
+		if v, ok := sendBufPool.Get().(*[]byte); ok {
+			b = (*v)[:len(w.pending)]
+		} else {
+			b = make([]byte, len(w.pending), sendBufLarge)
+		}
+	default:
+		b = make([]byte, len(w.pending), 2*need)
+	}
+	copy(b, w.pending)
+	releaseSendBuf(w.pending)
+	w.pending = b
+}
+
+// releaseSendBuf gives a pooled buffer back; others are left to the GC.
+func releaseSendBuf(b []byte) {
+	if cap(b) == sendBufLarge {
+		b = b[:0]
+		sendBufPool.Put(&b)
+	}
 }
 
 // sent takes the completion of w's send. [loop]
@@ -365,7 +405,8 @@ func (w *fdWriter) sent(res int32) error {
 		w.pending = append(append(rest, w.inflight[res:]...), w.pending...)
 	}
 	w.inflight = w.inflight[:0]
-	if cap(w.inflight) > 4*ioBufferSize {
+	if cap(w.inflight) > ioBufferSize {
+		releaseSendBuf(w.inflight)
 		w.inflight = nil
 	}
 	return nil
@@ -375,25 +416,15 @@ func (w *fdWriter) sent(res int32) error {
 func (u *uringLoop) want(rs *uringRecv, fd int, read bool) {
 	switch {
 	case read && !rs.armed:
-		e := u.r.sqe()
-		e.opcode, e.fd = uringOpRecv, int32(fd)
-		e.ioprio = uringRecvMultishot
-		e.flags = uringSQEBufferSelect // buffer group 0
-		e.userData = uringData(ukRecv, fd)
+		u.r.RecvMultishot(fd, uringData(ukRecv, fd))
 		rs.armed = true
 	case !read && rs.armed && !rs.cancel:
-		e := u.r.sqe()
-		e.opcode, e.fd = uringOpAsyncCancel, -1
-		e.addr = uringData(ukRecv, fd)
-		e.userData = uringData(ukCancel, fd)
+		u.r.Cancel(uringData(ukRecv, fd), uringData(ukCancel, fd))
 		rs.cancel = true
 	}
 }
 
 // armWake reads the eventfd other goroutines wake the loop with. [loop]
 func (u *uringLoop) armWake() {
-	e := u.r.sqe()
-	e.opcode, e.fd = uringOpRead, int32(u.efd)
-	e.addr, e.len = uint64(uintptr(unsafe.Pointer(&u.wakeBuf[0]))), uint32(len(u.wakeBuf))
-	e.userData = uringData(ukWake, u.efd)
+	u.r.Read(u.efd, u.wakeBuf[:], uringData(ukWake, u.efd))
 }

@@ -79,13 +79,14 @@ func (m *memFrames) filled(n int) {
 }
 
 // write takes bytes a receive completed with elsewhere (the io_uring loop's
-// provided buffers), as a read into spare() would.
+// provided buffers), as a read into spare() would. full stays false: it
+// asks spare for more room to save reads, and there are none to save here
+// (a buffer that only grows to be dropped by shrink is garbage).
 func (m *memFrames) write(p []byte) {
+	m.full = false
 	for len(p) > 0 {
-		spare := m.spare()
-		n := copy(spare, p)
+		n := copy(m.spare(), p)
 		m.filled(n)
-		m.full = n == len(spare)
 		p = p[n:]
 	}
 }

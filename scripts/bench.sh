@@ -510,37 +510,51 @@ fi
 
 # Reference: bare Go relays (scripts/bench/relay) that only move bytes, one
 # with a goroutine per direction, one with a raw epoll loop as PgBouncer and
-# pgveil's event loop, next to PgBouncer, pgveil and pgveil on goroutines,
-# interleaved.
+# pgveil's event loop on epoll, one on io_uring as pgveil's event loop where
+# the kernel offers it, next to PgBouncer, pgveil and pgveil with its other
+# I/O engines, interleaved.
 log "reference relays: pgbench -S -M prepared, 5 s, 2 rounds"
-RELAY_G_PORT=$(free_port)
-RELAY_E_PORT=$(free_port)
-setsid "$WORK/relay" -mode goroutines "127.0.0.1:$RELAY_G_PORT" "$PGHOST:$PGPORT" >"$WORK/relay-g.log" 2>&1 &
-RELAY_G_PID=$!
-PIDS_TO_KILL+=("$RELAY_G_PID")
-setsid "$WORK/relay" -mode epoll "127.0.0.1:$RELAY_E_PORT" "$PGHOST:$PGPORT" >"$WORK/relay-e.log" 2>&1 &
-RELAY_E_PID=$!
-PIDS_TO_KILL+=("$RELAY_E_PID")
-# pgveil itself with its other I/O engine (proxy.event_loops: 0: every
-# session on two goroutines, as TLS sessions always are).
-VEIL_G_PORT=$(free_port)
-write_config "$WORK/pgveil-goroutines.yaml" "$VEIL_G_PORT"
-sed -i 's/^admin_listen: .*/admin_listen: "off"/' "$WORK/pgveil-goroutines.yaml"
-printf 'proxy:\n  event_loops: 0\n' >>"$WORK/pgveil-goroutines.yaml"
-setsid "$PGVEIL" serve --config "$WORK/pgveil-goroutines.yaml" >"$WORK/pgveil-goroutines.log" 2>&1 &
-VEIL_G_PID=$!
-PIDS_TO_KILL+=("$VEIL_G_PID")
+# The I/O engine pgveil's event loops chose (its log says).
+fact pgveil_io "$(grep -ho '"msg":"event loops started".*"io":"[a-z_]*"' "$WORK"/pgveil-*.log | head -1 | sed 's/.*"io":"\([a-z_]*\)"/\1/')"
+RELAY_PIDS=()
+for mode in goroutines epoll uring; do
+	port=$(free_port)
+	setsid "$WORK/relay" -mode "$mode" "127.0.0.1:$port" "$PGHOST:$PGPORT" >"$WORK/relay-$mode.log" 2>&1 &
+	RELAY_PIDS+=("$!")
+	PIDS_TO_KILL+=("$!")
+	eval "RELAY_${mode}_PORT=$port RELAY_${mode}_PID=$!"
+done
+# pgveil itself with its other I/O engines: the event loops on epoll
+# (proxy.io_uring: off), and every session on two goroutines
+# (proxy.event_loops: 0), as TLS sessions always are.
+VEIL_PIDS=()
+for engine in epoll goroutines; do
+	port=$(free_port)
+	write_config "$WORK/pgveil-$engine.yaml" "$port"
+	sed -i 's/^admin_listen: .*/admin_listen: "off"/' "$WORK/pgveil-$engine.yaml"
+	if [ "$engine" = epoll ]; then
+		printf 'proxy:\n  io_uring: "off"\n' >>"$WORK/pgveil-$engine.yaml"
+	else
+		printf 'proxy:\n  event_loops: 0\n' >>"$WORK/pgveil-$engine.yaml"
+	fi
+	setsid "$PGVEIL" serve --config "$WORK/pgveil-$engine.yaml" >"$WORK/pgveil-$engine.log" 2>&1 &
+	VEIL_PIDS+=("$!")
+	PIDS_TO_KILL+=("$!")
+	eval "VEIL_${engine}_PORT=$port VEIL_${engine}_PID=$!"
+done
 sleep 1
 for round in 1 2; do
 	args=(-S -c "$CLIENTS" -j "$THREADS" -T 5 -M prepared)
 	run_pgbench relay prepared pgbouncer "$round" "$BOUNCER_PORT" "$DB_PGBENCH" "$BOUNCER_PID" "${args[@]}"
 	run_pgbench relay prepared pgveil "$round" "$PGVEIL_PORT" "$DB_PGBENCH" "$PGVEIL_PID" "${args[@]}"
-	run_pgbench relay prepared pgveil-goroutines "$round" "$VEIL_G_PORT" "$DB_PGBENCH" "$VEIL_G_PID" "${args[@]}"
-	run_pgbench relay prepared relay-goroutines "$round" "$RELAY_G_PORT" "$DB_PGBENCH" "$RELAY_G_PID" "${args[@]}"
-	run_pgbench relay prepared relay-epoll "$round" "$RELAY_E_PORT" "$DB_PGBENCH" "$RELAY_E_PID" "${args[@]}"
+	run_pgbench relay prepared pgveil-epoll "$round" "$VEIL_epoll_PORT" "$DB_PGBENCH" "$VEIL_epoll_PID" "${args[@]}"
+	run_pgbench relay prepared pgveil-goroutines "$round" "$VEIL_goroutines_PORT" "$DB_PGBENCH" "$VEIL_goroutines_PID" "${args[@]}"
+	run_pgbench relay prepared relay-goroutines "$round" "$RELAY_goroutines_PORT" "$DB_PGBENCH" "$RELAY_goroutines_PID" "${args[@]}"
+	run_pgbench relay prepared relay-epoll "$round" "$RELAY_epoll_PORT" "$DB_PGBENCH" "$RELAY_epoll_PID" "${args[@]}"
+	run_pgbench relay prepared relay-uring "$round" "$RELAY_uring_PORT" "$DB_PGBENCH" "$RELAY_uring_PID" "${args[@]}"
 done
-kill "$RELAY_G_PID" "$RELAY_E_PID" "$VEIL_G_PID" 2>/dev/null || true
-wait "$RELAY_G_PID" "$RELAY_E_PID" "$VEIL_G_PID" 2>/dev/null || true
+kill "${RELAY_PIDS[@]}" "${VEIL_PIDS[@]}" 2>/dev/null || true
+wait "${RELAY_PIDS[@]}" "${VEIL_PIDS[@]}" 2>/dev/null || true
 
 # ---------------------------------------------------------------------------
 # 3. Encrypted OLTP: pgveil + encrypted schema vs PgBouncer + plaintext schema

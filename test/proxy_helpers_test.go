@@ -161,6 +161,11 @@ func serveProxy(t testing.TB, c *pgtest.Cluster, db string, keys testKeys, o pro
 		}
 		cfg.Proxy.EventLoops = &n
 	}
+	if v := os.Getenv("PGVEIL_TEST_IO_URING"); v != "" {
+		// make test runs the protocol suites again with off: the event
+		// loops on epoll, as where the kernel refuses io_uring.
+		cfg.Proxy.IOUring = v
+	}
 	if o.mutate != nil {
 		o.mutate(cfg)
 	}

@@ -17,6 +17,7 @@ INCLUSIVE = [
     (("ksys_write", "__sys_sendto"), "sending (write/sendto), incl. the kernel's loopback delivery to the peer"),
     (("ksys_read", "__sys_recvfrom"), "receiving (read/recvfrom)"),
     (("__x64_sys_epoll_pwait", "__x64_sys_epoll_wait"), "waiting for sockets (epoll), incl. the context switch"),
+    (("__do_sys_io_uring_enter", "__x64_sys_io_uring_enter"), "io_uring_enter: the round's sends, receives and the wait, incl. the context switch"),
     (("__x64_sys_futex",), "futex(2): waking and parking runtime threads"),
     (("__x64_sys_nanosleep",), "nanosleep(2): the runtime's sysmon thread"),
     (("runtime.findRunnable",), "Go scheduler looking for work (runtime.findRunnable)"),

@@ -129,6 +129,7 @@ def main():
     for label, key in [("CPUs (nproc)", "nproc"), ("CPU model", "cpu_model"), ("RAM", "mem_total"),
                        ("Kernel", "kernel"), ("PostgreSQL", "pg_version"), ("Postgres setup", "pg_source"),
                        ("PgBouncer", "pgbouncer_version"), ("Go", "go_version"),
+                       ("pgveil's event loops (`proxy.io_uring: auto`)", "pgveil_io"),
                        ("Load average (1/5/15 min) at the start", "loadavg_start"),
                        ("Load average at the end", "loadavg_end")]:
         out.append(f"| {label} | {facts.get(key, '?')} |")
@@ -194,17 +195,24 @@ def main():
     if runs.get(("relay", "prepared", "relay-epoll")):
         out.append("### Reference: what moving bytes costs in Go\n")
         out.append("pgveil carries a session without TLS on an event loop after startup (`proxy.event_loops`, "
-                   "`proxy/eventloop_linux.go`): epoll and non-blocking sockets, with its system calls made without "
-                   "telling the Go scheduler, as PgBouncer's libevent loop works; sessions with TLS run on two "
-                   "goroutines each, blocking reads woken by the Go netpoller. Next to PgBouncer and pgveil: pgveil "
-                   "with every session on goroutines (`event_loops: 0`), and `scripts/bench/relay`, which forwards "
-                   "bytes and does nothing else, built both ways (a goroutine per direction with `io.Copy`; one raw "
-                   "epoll loop). `pgbench -S -M prepared -T 5`, 2 interleaved rounds, medians; CPU of each process.\n")
+                   "`proxy/eventloop_linux.go`): non-blocking sockets, with its system calls made without telling "
+                   "the Go scheduler, as PgBouncer's libevent loop works; on io_uring where the kernel offers it "
+                   "(`proxy.io_uring`, `proxy/eventloop_uring_linux.go`: one `io_uring_enter` per round submits "
+                   "the round's sends and waits, a multishot receive per socket reads), on epoll elsewhere "
+                   "(a system call to wait, one per read, one per write). Sessions with TLS run on two goroutines "
+                   "each, blocking reads woken by the Go netpoller. Next to PgBouncer and pgveil: pgveil with its "
+                   "loops on epoll (`io_uring: off`), pgveil with every session on goroutines (`event_loops: 0`), "
+                   "and `scripts/bench/relay`, which forwards bytes and does nothing else, built each of three "
+                   "ways (a goroutine per direction with `io.Copy`; a raw epoll loop; an io_uring loop). "
+                   "`pgbench -S -M prepared -T 5`, 2 interleaved rounds, medians; CPU of each process.\n")
         out.append("| target | tps | CPU µs/tx |\n|---|--:|--:|")
-        for target, label in (("pgbouncer", "PgBouncer"), ("pgveil", "pgveil (event loop, the default)"),
+        for target, label in (("pgbouncer", "PgBouncer"),
+                              ("pgveil", f"pgveil (the default: event loops on {facts.get('pgveil_io', '?')})"),
+                              ("pgveil-epoll", "pgveil, event loops on epoll (io_uring: off)"),
                               ("pgveil-goroutines", "pgveil, every session on goroutines (event_loops: 0)"),
                               ("relay-goroutines", "bare Go relay, goroutine per direction"),
-                              ("relay-epoll", "bare Go relay, raw epoll loop")):
+                              ("relay-epoll", "bare Go relay, raw epoll loop"),
+                              ("relay-uring", "bare Go relay, io_uring loop")):
             key = ("relay", "prepared", target)
             out.append(f"| {label} | {fmt(tps_med(key))} | {fmt(us_per_tx(key), 1)} |")
         out.append("")

@@ -7,6 +7,7 @@
 //
 //	relay -mode goroutines LISTEN UPSTREAM   two goroutines per connection, io.Copy each way
 //	relay -mode epoll LISTEN UPSTREAM        one goroutine, raw epoll, raw system calls
+//	relay -mode uring LISTEN UPSTREAM        one goroutine on io_uring (internal/uring)
 //
 // The first is how most Go proxies move bytes (and pgveil's goroutine engine,
 // proxy.event_loops: 0): blocking reads on net.Conn, woken by the runtime's
@@ -14,7 +15,9 @@
 // as PgBouncer's libevent loop does and as pgveil's event loop does: its
 // system calls are made with syscall.RawSyscall, so the scheduler never
 // hands its processor to another thread while it waits (see
-// proxy/eventloop_linux.go).
+// proxy/eventloop_linux.go). The third is the second on io_uring, as
+// pgveil's event loop runs where the kernel offers it
+// (proxy/eventloop_uring_linux.go).
 package main
 
 import (
@@ -30,10 +33,10 @@ import (
 )
 
 func main() {
-	mode := flag.String("mode", "goroutines", "goroutines | epoll")
+	mode := flag.String("mode", "goroutines", "goroutines | epoll | uring")
 	flag.Parse()
 	if flag.NArg() != 2 {
-		fmt.Fprintln(os.Stderr, "usage: relay -mode goroutines|epoll LISTEN_ADDR UPSTREAM_ADDR")
+		fmt.Fprintln(os.Stderr, "usage: relay -mode goroutines|epoll|uring LISTEN_ADDR UPSTREAM_ADDR")
 		os.Exit(2)
 	}
 	var err error
@@ -42,6 +45,8 @@ func main() {
 		err = relayGoroutines(flag.Arg(0), flag.Arg(1))
 	case "epoll":
 		err = relayEpoll(flag.Arg(0), flag.Arg(1))
+	case "uring":
+		err = relayUring(flag.Arg(0), flag.Arg(1))
 	default:
 		err = fmt.Errorf("unknown -mode %q", *mode)
 	}
@@ -87,29 +92,55 @@ func sockaddr(addr string) (*syscall.SockaddrInet4, error) {
 	return sa, nil
 }
 
+// listenRaw opens a listening socket on listen and resolves upstream.
+func listenRaw(listen, upstream string) (int, *syscall.SockaddrInet4, error) {
+	la, err := sockaddr(listen)
+	if err != nil {
+		return -1, nil, err
+	}
+	ua, err := sockaddr(upstream)
+	if err != nil {
+		return -1, nil, err
+	}
+	lfd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, nil, err
+	}
+	if err := syscall.SetsockoptInt(lfd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); err != nil {
+		return -1, nil, err
+	}
+	if err := syscall.Bind(lfd, la); err != nil {
+		return -1, nil, err
+	}
+	if err := syscall.Listen(lfd, 512); err != nil {
+		return -1, nil, err
+	}
+	return lfd, ua, nil
+}
+
+// dialRaw connects to upstream and sets TCP_NODELAY on both sockets of
+// the pair. A blocking connect: the relay is a benchmark reference, its
+// upstream is local.
+func dialRaw(client int, ua *syscall.SockaddrInet4) (int, error) {
+	u, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	if err := syscall.Connect(u, ua); err != nil {
+		_ = syscall.Close(u)
+		return -1, err
+	}
+	_ = syscall.SetsockoptInt(client, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
+	_ = syscall.SetsockoptInt(u, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
+	return u, nil
+}
+
 func relayEpoll(listen, upstream string) error {
 	// One processor stays with this loop while it waits in epoll_wait;
 	// accept and connect run on it too.
 	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 1)
-	la, err := sockaddr(listen)
+	lfd, ua, err := listenRaw(listen, upstream)
 	if err != nil {
-		return err
-	}
-	ua, err := sockaddr(upstream)
-	if err != nil {
-		return err
-	}
-	lfd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	if err := syscall.SetsockoptInt(lfd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); err != nil {
-		return err
-	}
-	if err := syscall.Bind(lfd, la); err != nil {
-		return err
-	}
-	if err := syscall.Listen(lfd, 512); err != nil {
 		return err
 	}
 	ep, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
@@ -147,21 +178,11 @@ func relayEpoll(listen, upstream string) error {
 				if err != nil {
 					continue
 				}
-				// A blocking connect: the relay is a benchmark reference,
-				// upstream is local.
-				u, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-				if err == nil {
-					err = syscall.Connect(u, ua)
-				}
+				u, err := dialRaw(c, ua)
 				if err != nil {
 					_ = syscall.Close(c)
-					if u > 0 {
-						_ = syscall.Close(u)
-					}
 					continue
 				}
-				_ = syscall.SetsockoptInt(c, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
-				_ = syscall.SetsockoptInt(u, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
 				peer[c], peer[u] = u, c
 				if watch(c) != nil || watch(u) != nil {
 					closePair(c)
