@@ -490,13 +490,22 @@ no_autovacuum "$DB_ENC" users tasks users_shape
 quiesce
 
 log "pgbench -S -c $CLIENTS -j $THREADS -T $DURATION, $ROUNDS rounds"
+# The order of the targets alternates from round to round (forward in odd
+# rounds, backward in even ones), so that no target always runs in the
+# same place: first after a mode's change, or right after another's load.
 for round in $(seq "$ROUNDS"); do
 	for mode in simple extended prepared; do
 		args=(-S -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -M "$mode")
-		run_pgbench select "$mode" direct "$round" "$PGPORT" "$DB_PGBENCH" - "${args[@]}"
-		run_pgbench select "$mode" pgbouncer "$round" "$BOUNCER_PORT" "$DB_PGBENCH" "$BOUNCER_PID" "${args[@]}"
-		run_pgbench select "$mode" pgveil "$round" "$PGVEIL_PORT" "$DB_PGBENCH" "$PGVEIL_PID" "${args[@]}"
-		run_pgbench select "$mode" pgveil-fresh "$round" "$VEIL_FRESH_PORT" "$DB_PGBENCH" "$VEIL_FRESH_PID" "${args[@]}"
+		targets=(direct pgbouncer pgveil pgveil-fresh)
+		if [ $((round % 2)) = 0 ]; then targets=(pgveil-fresh pgveil pgbouncer direct); fi
+		for target in "${targets[@]}"; do
+			case $target in
+			direct) run_pgbench select "$mode" direct "$round" "$PGPORT" "$DB_PGBENCH" - "${args[@]}" ;;
+			pgbouncer) run_pgbench select "$mode" pgbouncer "$round" "$BOUNCER_PORT" "$DB_PGBENCH" "$BOUNCER_PID" "${args[@]}" ;;
+			pgveil) run_pgbench select "$mode" pgveil "$round" "$PGVEIL_PORT" "$DB_PGBENCH" "$PGVEIL_PID" "${args[@]}" ;;
+			pgveil-fresh) run_pgbench select "$mode" pgveil-fresh "$round" "$VEIL_FRESH_PORT" "$DB_PGBENCH" "$VEIL_FRESH_PID" "${args[@]}" ;;
+			esac
+		done
 	done
 done
 
@@ -572,18 +581,32 @@ for mode in simple prepared; do
 		for script in lookup insert; do
 			args=(-c "$CLIENTS" -j "$THREADS" -T "$OLTP_DURATION" -M "$mode" -D "users=$OLTP_USERS" -f "scripts/bench/${script}_$mode.sql")
 			# Only the inserts write; each target's run is followed by
-			# the vacuum and checkpoint it caused (see quiesce).
-			run_pgbench oltp "$script/$mode" pgbouncer "$round" "$BOUNCER_PORT" "$DB_PLAIN" "$BOUNCER_PID" "${args[@]}"
-			if [ "$script" = insert ]; then quiesce "$DB_PLAIN" users; fi
-			run_pgbench oltp "$script/$mode" pgveil "$round" "$PGVEIL_PORT" "$DB_ENC" "$PGVEIL_PID" "${args[@]}"
-			if [ "$script" = insert ]; then quiesce "$DB_ENC" users; fi
-			run_pgbench oltp "$script/$mode" pgveil-fresh "$round" "$VEIL_FRESH_PORT" "$DB_ENC" "$VEIL_FRESH_PID" "${args[@]}"
-			if [ "$script" = insert ]; then quiesce "$DB_ENC" users; fi
-			if [ "$mode" = simple ]; then
-				run_pgbench oltp "$script/$mode" pgbouncer-shape "$round" "$BOUNCER_PORT" "$DB_ENC" "$BOUNCER_PID" \
-					-c "$CLIENTS" -j "$THREADS" -T "$OLTP_DURATION" -M simple -D "users=$OLTP_USERS" -f "scripts/bench/shape_${script}_simple.sql"
-				if [ "$script" = insert ]; then quiesce "$DB_ENC" users_shape; fi
+			# the vacuum and checkpoint it caused (see quiesce). The
+			# order alternates from round to round, as above.
+			targets=(pgbouncer pgveil pgveil-fresh)
+			if [ "$mode" = simple ]; then targets+=(pgbouncer-shape); fi
+			if [ $((round % 2)) = 0 ]; then
+				reversed=()
+				for ((k = ${#targets[@]} - 1; k >= 0; k--)); do reversed+=("${targets[k]}"); done
+				targets=("${reversed[@]}")
 			fi
+			for target in "${targets[@]}"; do
+				case $target in
+				pgbouncer)
+					run_pgbench oltp "$script/$mode" pgbouncer "$round" "$BOUNCER_PORT" "$DB_PLAIN" "$BOUNCER_PID" "${args[@]}"
+					if [ "$script" = insert ]; then quiesce "$DB_PLAIN" users; fi ;;
+				pgveil)
+					run_pgbench oltp "$script/$mode" pgveil "$round" "$PGVEIL_PORT" "$DB_ENC" "$PGVEIL_PID" "${args[@]}"
+					if [ "$script" = insert ]; then quiesce "$DB_ENC" users; fi ;;
+				pgveil-fresh)
+					run_pgbench oltp "$script/$mode" pgveil-fresh "$round" "$VEIL_FRESH_PORT" "$DB_ENC" "$VEIL_FRESH_PID" "${args[@]}"
+					if [ "$script" = insert ]; then quiesce "$DB_ENC" users; fi ;;
+				pgbouncer-shape)
+					run_pgbench oltp "$script/$mode" pgbouncer-shape "$round" "$BOUNCER_PORT" "$DB_ENC" "$BOUNCER_PID" \
+						-c "$CLIENTS" -j "$THREADS" -T "$OLTP_DURATION" -M simple -D "users=$OLTP_USERS" -f "scripts/bench/shape_${script}_simple.sql"
+					if [ "$script" = insert ]; then quiesce "$DB_ENC" users_shape; fi ;;
+				esac
+			done
 		done
 	done
 	profile "$PGVEIL_PID" "oltp-$mode" "pgveil, encrypted OLTP -M $mode (lookup and insert scripts mixed)" \

@@ -27,7 +27,8 @@ and measures, in that one run:
    directly, through PgBouncer and through pgveil, interleaved (for each
    round and mode: direct, PgBouncer, pgveil, and for reference a second
    pgveil that gives each client a backend of its own, as a direct
-   connection has),
+   connection has; in this order in odd rounds, in the reverse order in
+   even ones, so that no target always runs in the same place),
    medians over the rounds, and the proxies' CPU time per transaction
    (utime + stime from `/proc/PID/stat` before and after each run, divided
    by the transactions);
