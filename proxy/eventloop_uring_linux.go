@@ -12,9 +12,10 @@ package proxy
 // one multishot receive outstanding that reads into buffers the kernel
 // takes from a ring pgveil provides. On these small machines, where system
 // call entry costs a quarter of a microsecond and PgBouncer makes as many
-// as the epoll loop, that is the difference: scripts/bench/relay measures a
-// bare io_uring relay at about a fifth less CPU per transaction than the
-// same relay on epoll (docs/BENCHMARKS.md).
+// as the epoll loop, that is the difference: pgveil on io_uring spends about
+// a fifth less CPU per pgbench transaction than on epoll, and less than
+// PgBouncer (docs/BENCHMARKS.md, which also has scripts/bench/relay, a bare
+// relay, on each).
 //
 // The protocol code is the epoll loop's (evHandle); what differs:
 //   - Input: a receive completion's bytes are copied into the side's
