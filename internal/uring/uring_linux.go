@@ -139,7 +139,8 @@ type Ring struct {
 }
 
 // ErrUnavailable: the kernel (or a seccomp profile, as Docker's default
-// one) does not offer what a Ring needs.
+// one) does not offer what a Ring needs. Other errors of New are failures
+// on a kernel that does (out of memory, a bug).
 var ErrUnavailable = errors.New("io_uring unavailable")
 
 // New sets up a ring with entries submission slots, four times as many
@@ -151,7 +152,10 @@ func New(entries uint32, nbufs, bufSize int, timeout time.Duration) (*Ring, erro
 	p := params{flags: setupSubmitAll | setupSingleIssuer | setupDeferTaskrun | setupCQSize, cqEntries: 4 * entries}
 	fd, _, errno := syscall.RawSyscall(sysSetup, uintptr(entries), uintptr(unsafe.Pointer(&p)), 0)
 	if errno != 0 {
-		return nil, fmt.Errorf("%w: io_uring_setup: %v", ErrUnavailable, errno)
+		if refused(errno) {
+			return nil, fmt.Errorf("%w: io_uring_setup: %v", ErrUnavailable, errno)
+		}
+		return nil, fmt.Errorf("io_uring_setup: %w", errno)
 	}
 	r := &Ring{fd: int(fd), timeout: syscall.NsecToTimespec(int64(timeout))}
 	if p.features&featSingleMmap == 0 || p.features&featNoDrop == 0 {
@@ -201,13 +205,23 @@ func New(entries uint32, nbufs, bufSize int, timeout time.Duration) (*Ring, erro
 	reg := bufReg{ringAddr: uint64(uintptr(unsafe.Pointer(&r.bufRing[0]))), ringEntries: uint32(nbufs)}
 	if _, _, errno := syscall.RawSyscall6(sysRegister, uintptr(r.fd), registerPbufRing, uintptr(unsafe.Pointer(&reg)), 1, 0, 0); errno != 0 {
 		r.Close()
-		return nil, fmt.Errorf("%w: registering the buffer ring: %v", ErrUnavailable, errno)
+		if refused(errno) {
+			return nil, fmt.Errorf("%w: registering the buffer ring: %v", ErrUnavailable, errno)
+		}
+		return nil, fmt.Errorf("registering the buffer ring: %w", errno)
 	}
 	for i := 0; i < nbufs; i++ {
 		r.ReturnBuf(uint16(i))
 	}
 	r.publishBufs()
 	return r, nil
+}
+
+// refused reports an errno by which a kernel says it does not offer a
+// feature: no io_uring (ENOSYS), forbidden (EPERM, seccomp;
+// io_uring_disabled), or a flag it does not know (EINVAL).
+func refused(errno syscall.Errno) bool {
+	return errno == syscall.ENOSYS || errno == syscall.EPERM || errno == syscall.EINVAL || errno == syscall.EACCES
 }
 
 func (r *Ring) mmap(fd int, off int64, n int) ([]byte, error) {
@@ -217,7 +231,7 @@ func (r *Ring) mmap(fd int, off int64, n int) ([]byte, error) {
 	}
 	b, err := syscall.Mmap(fd, off, n, syscall.PROT_READ|syscall.PROT_WRITE, flags)
 	if err != nil {
-		return nil, fmt.Errorf("%w: mmap: %v", ErrUnavailable, err)
+		return nil, fmt.Errorf("io_uring mmap: %w", err)
 	}
 	r.maps = append(r.maps, b)
 	return b, nil
