@@ -23,8 +23,9 @@
 #   BENCH_DURATION        seconds per pgbench -S run (default 10)
 #   BENCH_ROUNDS          interleaved rounds (default 5)
 #   BENCH_OLTP_DURATION   seconds per encrypted OLTP run (default 5)
-#   BENCH_OLTP_ROUNDS     interleaved rounds of the OLTP runs (default 5:
-#                         short runs, whose medians need more of them)
+#   BENCH_OLTP_ROUNDS     interleaved rounds of the OLTP runs (default 9:
+#                         short runs on a noisy machine, whose medians
+#                         need more of them)
 #   BENCH_OLTP_USERS      users in the OLTP tables (default 100000)
 #   BENCH_BULK_ROWS       rows of the bulk read (default 200000)
 #   BENCH_BACKFILL_ROWS   rows of the backfill table (default 1000000)
@@ -51,7 +52,7 @@ PGO_OUT=${BENCH_PGO_OUT:-}
 DURATION=${BENCH_DURATION:-10}
 ROUNDS=${BENCH_ROUNDS:-5}
 OLTP_DURATION=${BENCH_OLTP_DURATION:-5}
-OLTP_ROUNDS=${BENCH_OLTP_ROUNDS:-5}
+OLTP_ROUNDS=${BENCH_OLTP_ROUNDS:-9}
 OLTP_USERS=${BENCH_OLTP_USERS:-100000}
 BULK_ROWS=${BENCH_BULK_ROWS:-200000}
 BACKFILL_ROWS=${BENCH_BACKFILL_ROWS:-1000000}
@@ -190,10 +191,11 @@ else
 	ADMIN_DB=postgres
 	UPSTREAM_TLS=disable
 	# shared_buffers holds every table of the run (pgbench's, both users
-	# and tasks copies and what the OLTP inserts add, ~0.5 GB): the run
-	# compares proxies, and with 256 MB the encrypted tables, 3-5 times
-	# the plaintext ones, paid PostgreSQL's buffer evictions and reads too.
-	PG_SOURCE="throwaway cluster (initdb), fsync=off, shared_buffers=1GB"
+	# and tasks copies and what the OLTP inserts add, ~1.2 GB with 9 rounds):
+	# the run compares proxies, and with 256 MB the encrypted tables, 3-5
+	# times the plaintext ones, paid PostgreSQL's buffer evictions and
+	# reads too.
+	PG_SOURCE="throwaway cluster (initdb), fsync=off, shared_buffers=2GB"
 	mkdir -p "$WORK/pgdata" "$WORK/sock"
 	[ "$(id -u)" = 0 ] && chown postgres "$WORK/pgdata" "$WORK/sock"
 	as_service_user "$PGBIN/initdb" -D "$WORK/pgdata" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$WORK/initdb.log" 2>&1
@@ -202,7 +204,7 @@ listen_addresses = '127.0.0.1'
 port = $PGPORT
 unix_socket_directories = '$WORK/sock'
 max_connections = 300
-shared_buffers = 1GB
+shared_buffers = 2GB
 fsync = off
 synchronous_commit = off
 full_page_writes = off
