@@ -46,9 +46,10 @@ Postgres: CPU per transaction is the steadier figure, throughput the one
 users see. Figures from one run on a shared machine vary by several percent
 from run to run; the interleaving keeps the comparisons within a run fair.
 So does a quiet database at the start of every run: the tables the runs
-write do not autovacuum, and after a run that wrote, the runner vacuums
-what it wrote and checkpoints, outside the measured time, so that no run
-pays for the background work another one caused.
+write do not autovacuum, and after a run that inserted, the runner deletes
+the rows it added, vacuums and checkpoints, outside the measured time, so
+that every run meets the same tables and no run pays for the background
+work another one caused.
 """
 
 
